@@ -1,0 +1,82 @@
+"""The storage contract every backend (local directory, S3, wrappers) fulfils.
+
+A backend is a flat key/value store of immutable objects. Names are ``/``-separated relative
+paths made of the namespaces below; a backend never interprets the bytes it stores.
+
+    config                 the repository configuration (encrypted)
+    keys/<id>              password-wrapped master keys
+    snapshots/<id>         snapshot manifests
+    index/<id>             index files
+    data/<2 hex>/<id>      packs (the first two hex digits of the id shard the namespace)
+    locks/<id>             reserved for locks and prune markers
+
+Contract (each method states what callers may rely on):
+
+- ``put(name, data, bulk=False)`` creates the object or raises ``AlreadyExists``; it never
+  replaces an existing object, and a reader never observes a partial object under ``name``
+  (after a crash the object either exists whole or not at all). ``bulk=True`` marks a data pack:
+  a backend may store it in a cheaper storage class. Returns once the object is durable.
+- ``get(name, offset=0, length=None)`` returns the whole object, or ``length`` bytes from
+  ``offset`` (fewer only if the object ends first). Raises ``NotFound``.
+- ``stat(name)`` returns the object's ``ObjectInfo``. Raises ``NotFound``.
+- ``list(namespace)`` yields ``ObjectInfo`` for every object whose name starts with
+  ``namespace + "/"``, in no particular order. An empty or missing namespace yields nothing.
+- ``delete(name)`` removes the object. Raises ``NotFound`` if it does not exist.
+- ``close()`` releases connections; the backend must not be used afterwards.
+
+Every method may raise ``PermissionDenied`` (not retryable), ``TransientError`` (worth
+retrying; the retry wrapper does so) or another ``BackendError``. Methods are safe to call from
+several threads at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Protocol, runtime_checkable
+
+NAMESPACES = ("keys", "snapshots", "index", "data", "locks")
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    name: str
+    size: int
+
+
+@runtime_checkable
+class Backend(Protocol):
+    #: Human readable location, e.g. ``/srv/backups`` or ``s3:bucket/prefix``. Never secret.
+    location: str
+
+    def put(self, name: str, data: bytes | memoryview, bulk: bool = False) -> None: ...
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes: ...
+
+    def stat(self, name: str) -> ObjectInfo: ...
+
+    def list(self, namespace: str) -> Iterator[ObjectInfo]: ...
+
+    def delete(self, name: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def pack_name(pack_id_hex: str) -> str:
+    """Object name of a pack: ``data/<first 2 hex digits>/<64 hex digits>``."""
+    return f"data/{pack_id_hex[:2]}/{pack_id_hex}"
+
+
+def check_name(name: str) -> str:
+    """Reject names that could escape the repository root or are not in a namespace."""
+    parts = name.split("/")
+    if name == "config":
+        return name
+    if (
+        len(parts) < 2
+        or parts[0] not in NAMESPACES
+        or any(p in ("", ".", "..") for p in parts)
+        or "\\" in name
+        or "\0" in name
+    ):
+        raise ValueError(f"invalid object name: {name!r}")
+    return name
