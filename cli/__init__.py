@@ -1,0 +1,1 @@
+"""The ``snap`` command: thin click commands over the ``dedupe`` library."""

@@ -1,0 +1,90 @@
+"""Entry point: global flags, command registration, and errors -> one line + exit code."""
+
+from __future__ import annotations
+
+import importlib
+import signal
+import sys
+
+import click
+
+from dedupe import __version__
+from dedupe.errors import Interrupted, SnapError
+
+from .app import App
+from .errors import EXIT_ERROR, EXIT_INTERRUPTED, describe, exit_code_for
+
+# One module per command; each defines ``command`` (a click command or group).
+COMMANDS = ["init", "key"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-r", "--repo", "repo_url", envvar="SNAP_REPOSITORY", metavar="URL",
+              help="Repository: a directory, or s3:BUCKET/PREFIX, or "
+                   "s3:http[s]://HOST[:PORT]/BUCKET/PREFIX (env SNAP_REPOSITORY).")
+@click.option("--password-file", envvar="SNAP_PASSWORD_FILE", metavar="FILE",
+              help="Read the password from FILE (env SNAP_PASSWORD_FILE).")
+@click.option("--password-command", envvar="SNAP_PASSWORD_COMMAND", metavar="CMD",
+              help="Run CMD and use its output as password (env SNAP_PASSWORD_COMMAND).")
+@click.option("--no-cache", is_flag=True, help="Do not use the local cache.")
+@click.option("--cache-dir", envvar="SNAP_CACHE_DIR", metavar="DIR",
+              help="Cache directory (env SNAP_CACHE_DIR; default $XDG_CACHE_HOME/snap).")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("-v", "--verbose", count=True, help="More output (repeat for more).")
+@click.option("--json", "json_", is_flag=True, help="Machine readable output.")
+@click.option("--s3-storage-class", metavar="CLASS",
+              help="S3 storage class for data packs (STANDARD, STANDARD_IA, ONEZONE_IA, "
+                   "INTELLIGENT_TIERING, GLACIER_IR). Metadata always stays STANDARD.")
+@click.option("--s3-connections", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="Parallel S3 transfers.")
+@click.option("--s3-path-style/--s3-virtual-hosted", default=None,
+              help="S3 addressing style (default: path style for custom endpoints).")
+@click.version_option(__version__, prog_name="snap")
+@click.pass_context
+def cli(ctx: click.Context, repo_url, password_file, password_command, no_cache, cache_dir,
+        quiet, verbose, json_, s3_storage_class, s3_connections, s3_path_style) -> None:
+    """snap: deduplicating, encrypted backups to a local directory or S3."""
+    backend_options = {"connections": s3_connections}
+    if s3_storage_class:
+        backend_options["storage_class"] = s3_storage_class
+    if s3_path_style is not None:
+        backend_options["path_style"] = s3_path_style
+    app = App(repo_url=repo_url, password_file=password_file,
+              password_command=password_command, no_cache=no_cache, cache_dir=cache_dir,
+              quiet=quiet, verbose=verbose, json=json_, backend_options=backend_options)
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+
+
+for _name in COMMANDS:
+    cli.add_command(importlib.import_module(f"cli.cmd_{_name}").command)
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Interrupted("terminated")
+
+
+def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    code = 0
+    try:
+        rv = cli.main(args=argv, prog_name="snap", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0  # commands may return an exit code
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("snap: interrupted", err=True)
+        code = EXIT_INTERRUPTED
+    except click.ClickException as exc:  # bad flags and arguments
+        click.echo(f"snap: {exc.format_message()}", err=True)
+        code = EXIT_ERROR
+    except (SnapError, KeyboardInterrupt) as exc:
+        click.echo(f"snap: {describe(exc)}", err=True)
+        code = exit_code_for(exc)
+    except BrokenPipeError:
+        code = EXIT_ERROR
+    except OSError as exc:
+        click.echo(f"snap: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
+                   err=True)
+        code = EXIT_ERROR
+    sys.exit(code)

@@ -1,0 +1,190 @@
+"""Concurrent write path: blob -> compress + encrypt (worker threads) -> pack -> backend -> index.
+
+The caller (the archiver's single producer thread) hands over plaintext blobs with their ids.
+zstd and XChaCha20-Poly1305 release the GIL, so encoding runs on every core while the
+producer reads and chunks the next file. Finished packs are uploaded by a second pool; once a
+pack is durable its blobs join the in-memory index, and every ``index_batch`` packs (and at
+``flush``) an index file describing only durable packs is written. That order, packs before
+index before snapshot, is what makes a crash at any instant harmless: a pack no index names is
+garbage for prune, never a dangling reference.
+
+Memory is bounded: at most ``max_encoding`` blobs wait for or undergo encoding, at most
+``max_uploads`` finished packs wait for or undergo upload, plus one open pack per blob type.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable
+
+from .backends.base import pack_name
+from .packs import BLOB_DATA, BLOB_TREE, BlobCodec, BlobEntry, PackBuilder
+
+
+class BlobSaver:
+    def __init__(
+        self,
+        repo,  # dedupe.repository.Repository (untyped to avoid an import cycle)
+        *,
+        workers: int = 2,
+        max_encoding: int = 16,
+        max_uploads: int = 3,
+        upload_threads: int = 2,
+        index_batch: int = 64,
+        on_pack: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.repo = repo
+        self.codec: BlobCodec = repo.codec
+        self.pack_size: int = repo.config.pack_size
+        self._encode_pool = ThreadPoolExecutor(workers, thread_name_prefix="snap-encode")
+        self._upload_pool = ThreadPoolExecutor(upload_threads, thread_name_prefix="snap-upload")
+        self._encode_slots = threading.BoundedSemaphore(max_encoding)
+        self._upload_slots = threading.BoundedSemaphore(max_uploads)
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._busy = 0  # encode jobs + uploads not yet finished
+        self._builders = {BLOB_DATA: PackBuilder(BLOB_DATA), BLOB_TREE: PackBuilder(BLOB_TREE)}
+        self._inflight: set[tuple[int, bytes]] = set()
+        self._durable: list[tuple[bytes, list[BlobEntry]]] = []
+        self._index_lock = threading.Lock()
+        self._index_batch = index_batch
+        self._error: BaseException | None = None
+        self._on_pack = on_pack
+        self.index_files: list[str] = []
+        self.stats = {"blobs_added": 0, "bytes_added_raw": 0, "bytes_added_stored": 0,
+                      "packs_written": 0}
+
+    # -- producer side
+    def known(self, blob_type: int, blob_id: bytes) -> bool:
+        with self._lock:
+            return (blob_type, blob_id) in self._inflight or self.repo.index.has(blob_id, blob_type)
+
+    def save(self, blob_type: int, blob_id: bytes, data: bytes | memoryview) -> bool:
+        """Queue a blob unless the repository has it already. Returns True if it was new."""
+        self._raise_error()
+        key = (blob_type, blob_id)
+        with self._lock:
+            if key in self._inflight or self.repo.index.has(blob_id, blob_type):
+                return False
+            self._inflight.add(key)
+            self._busy += 1
+        self._encode_slots.acquire()
+        try:
+            self._encode_pool.submit(self._encode, blob_type, blob_id, data)
+        except BaseException:
+            self._encode_slots.release()
+            self._done()
+            raise
+        return True
+
+    # -- workers
+    def _done(self) -> None:
+        with self._lock:
+            self._busy -= 1
+            if self._busy == 0:
+                self._idle.notify_all()
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._error is None:
+                self._error = exc
+
+    def _encode(self, blob_type: int, blob_id: bytes, data: bytes | memoryview) -> None:
+        try:
+            stored, comp = self.codec.encode(blob_type, blob_id, data)
+            full = None
+            with self._lock:
+                builder = self._builders[blob_type]
+                builder.add(blob_id, stored, len(data), comp)
+                self.stats["blobs_added"] += 1
+                self.stats["bytes_added_raw"] += len(data)
+                self.stats["bytes_added_stored"] += len(stored)
+                if builder.size >= self.pack_size:
+                    full = builder
+                    self._builders[blob_type] = PackBuilder(blob_type)
+            if full is not None:
+                self._ship(full)
+        except BaseException as exc:  # surfaced to the producer by _raise_error/flush
+            self._fail(exc)
+        finally:
+            self._encode_slots.release()
+            self._done()
+
+    def _ship(self, builder: PackBuilder) -> None:
+        """Seal the pack and hand it to the upload pool (blocks while too many are queued)."""
+        pack_id_hex, data, entries = builder.finish(self.repo.key)
+        self._upload_slots.acquire()
+        with self._lock:
+            self._busy += 1
+        try:
+            self._upload_pool.submit(self._upload, builder.blob_type, pack_id_hex, data, entries)
+        except BaseException:
+            self._upload_slots.release()
+            self._done()
+            raise
+
+    def _upload(self, blob_type: int, pack_id_hex: str, data: bytes, entries: list[BlobEntry]) -> None:
+        try:
+            name = pack_name(pack_id_hex)
+            self.repo.backend.put(name, data, bulk=(blob_type == BLOB_DATA))
+            if blob_type == BLOB_TREE:
+                self.repo.cache_put(name, data)
+            pack_id = bytes.fromhex(pack_id_hex)
+            with self._lock:
+                self.repo.index.add_pack(pack_id, entries)
+                for e in entries:
+                    self._inflight.discard((blob_type, e.id))
+                self._durable.append((pack_id, entries))
+                self.stats["packs_written"] += 1
+                batch_ready = len(self._durable) >= self._index_batch
+            if self._on_pack:
+                self._on_pack(blob_type, len(data))
+            if batch_ready:
+                self._write_index()
+        except BaseException as exc:
+            self._fail(exc)
+        finally:
+            self._upload_slots.release()
+            self._done()
+
+    def _write_index(self) -> None:
+        with self._index_lock:
+            with self._lock:
+                batch, self._durable = self._durable, []
+            if batch:
+                self.index_files.append(self.repo.write_index(batch))
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    # -- completion
+    def _wait_idle(self) -> None:
+        with self._lock:
+            while self._busy:
+                self._idle.wait()
+
+    def flush(self) -> None:
+        """Write every queued blob, the open packs and their index. Raises the first error."""
+        self._wait_idle()
+        self._raise_error()
+        for blob_type in (BLOB_DATA, BLOB_TREE):
+            with self._lock:
+                builder = self._builders[blob_type]
+                self._builders[blob_type] = PackBuilder(blob_type)
+            if len(builder):
+                self._ship(builder)
+        self._wait_idle()
+        self._raise_error()
+        self._write_index()
+
+    def close(self) -> None:
+        self._encode_pool.shutdown(wait=True)
+        self._upload_pool.shutdown(wait=True)
+
+    def __enter__(self) -> "BlobSaver":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,79 @@
+"""Local cache of immutable repository objects (index, snapshots, tree packs).
+
+Objects are immutable and named by the BLAKE3 hash of their bytes, so a cached file is valid
+exactly when its bytes still hash to its name: there is nothing to invalidate, only damage to
+detect (and then the entry is dropped and fetched again). Entries of objects deleted from the
+repository are removed by ``prune_namespace`` when a listing shows they are gone.
+
+Location: ``$SNAP_CACHE_DIR`` or ``$XDG_CACHE_HOME/snap`` or ``~/.cache/snap``, then one
+directory per repository id.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from .crypto import storage_id
+
+
+def default_cache_root() -> str:
+    root = os.environ.get("SNAP_CACHE_DIR")
+    if root:
+        return root
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(xdg, "snap")
+
+
+class Cache:
+    def __init__(self, root: str, repo_id: str) -> None:
+        self.dir = os.path.join(root, repo_id)
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.dir, *name.split("/"))
+
+    def get(self, name: str) -> bytes | None:
+        path = self._path(name)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            return None
+        if storage_id(data) != name.rsplit("/", 1)[-1]:
+            self.remove(name)
+            return None
+        return data
+
+    def put(self, name: str, data: bytes) -> None:
+        """Best effort: a cache that cannot be written only costs speed."""
+        path = self._path(name)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+    def has(self, name: str) -> bool:
+        return os.path.exists(self._path(name))
+
+    def remove(self, name: str) -> None:
+        try:
+            os.unlink(self._path(name))
+        except OSError:
+            pass
+
+    def prune_namespace(self, namespace: str, keep: set[str]) -> None:
+        """Drop cached objects of ``namespace`` whose names are not in ``keep``."""
+        top = os.path.join(self.dir, namespace)
+        for dirpath, _dirs, files in os.walk(top):
+            rel = os.path.relpath(dirpath, self.dir).replace(os.sep, "/")
+            for f in files:
+                name = f"{rel}/{f}"
+                if name not in keep:
+                    self.remove(name)

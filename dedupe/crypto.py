@@ -1,0 +1,161 @@
+"""Keys, authenticated encryption, blob ids and password-wrapped key files.
+
+Construction (specified byte by byte in docs/format.md):
+
+- The master key is 64 random bytes: a 32-byte encryption key and a separate 32-byte id key.
+- ``seal``: ``nonce(24) || XChaCha20-Poly1305-IETF(key=enc_key, nonce, aad, plaintext)``
+  (ciphertext followed by its 16-byte tag). Every object kind uses its own associated data,
+  so bytes from one context never authenticate in another.
+- Blob ids: BLAKE3 keyed with the id key over the plaintext. Without the key an id reveals
+  nothing about the content (no confirmation of guessed files).
+- Storage ids (object names): unkeyed BLAKE3 of the stored bytes, so anyone can verify a file
+  against its name without any key.
+- Key files: the master key, msgpack-encoded and sealed under a key derived from the password
+  by Argon2id with a random 16-byte salt; the parameters are stored beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+
+import blake3
+import msgpack
+import nacl.exceptions
+import nacl.pwhash
+from nacl.bindings import (
+    crypto_aead_xchacha20poly1305_ietf_decrypt as _aead_decrypt,
+    crypto_aead_xchacha20poly1305_ietf_encrypt as _aead_encrypt,
+)
+
+from .errors import IntegrityError, UnsupportedVersion, WrongPassword
+
+NONCE_SIZE = 24
+TAG_SIZE = 16
+OVERHEAD = NONCE_SIZE + TAG_SIZE
+KEY_SIZE = 32
+ID_SIZE = 32
+
+# Associated data per object kind (see docs/format.md, "Encryption").
+AAD_CONFIG = b"snap config v1"
+AAD_INDEX = b"snap index v1"
+AAD_SNAPSHOT = b"snap snapshot v1"
+AAD_PACK_HEADER = b"snap pack header v1"
+AAD_KEY = b"snap key v1"
+AAD_STATE = b"snap state v1"
+
+# Argon2id defaults: 64 MiB and 3 passes, the floor the design sets.
+KDF_OPSLIMIT = 3
+KDF_MEMLIMIT = 64 * 1024 * 1024
+KEY_FILE_VERSION = 1
+
+
+def storage_id(data: bytes | memoryview) -> str:
+    """Name of a stored object: hex BLAKE3 of its exact stored bytes."""
+    return blake3.blake3(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class MasterKey:
+    enc_key: bytes
+    id_key: bytes
+
+    @classmethod
+    def generate(cls) -> "MasterKey":
+        return cls(secrets.token_bytes(KEY_SIZE), secrets.token_bytes(KEY_SIZE))
+
+    def blob_id(self, data: bytes | memoryview) -> bytes:
+        return blake3.blake3(data, key=self.id_key).digest()
+
+    def seal(self, plaintext: bytes | memoryview, aad: bytes) -> bytes:
+        nonce = os.urandom(NONCE_SIZE)
+        return nonce + _aead_encrypt(bytes(plaintext), aad, nonce, self.enc_key)
+
+    def open(self, sealed: bytes | memoryview, aad: bytes, what: str = "object") -> bytes:
+        """Decrypt and authenticate; raises IntegrityError naming ``what`` on any failure."""
+        if len(sealed) < OVERHEAD:
+            raise IntegrityError(f"{what}: too short to be encrypted data", what)
+        sealed = bytes(sealed)
+        try:
+            return _aead_decrypt(sealed[NONCE_SIZE:], aad, sealed[:NONCE_SIZE], self.enc_key)
+        except nacl.exceptions.CryptoError:
+            raise IntegrityError(f"{what}: authentication failed (damaged or tampered)", what) from None
+
+    def to_bytes(self) -> bytes:
+        return msgpack.packb({"enc": self.enc_key, "id": self.id_key})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "MasterKey":
+        d = msgpack.unpackb(data)
+        enc, idk = d["enc"], d["id"]
+        if len(enc) != KEY_SIZE or len(idk) != KEY_SIZE:
+            raise IntegrityError("master key has the wrong length")
+        return cls(enc, idk)
+
+
+@dataclass(frozen=True)
+class KdfParams:
+    opslimit: int = KDF_OPSLIMIT
+    memlimit: int = KDF_MEMLIMIT
+
+
+def _derive(password: bytes, salt: bytes, params: KdfParams) -> bytes:
+    return nacl.pwhash.argon2id.kdf(
+        KEY_SIZE, password, salt, opslimit=params.opslimit, memlimit=params.memlimit
+    )
+
+
+def wrap_master_key(
+    master: MasterKey, password: bytes, params: KdfParams, *, hostname: str, username: str,
+    created: str,
+) -> bytes:
+    """Build a key file: plaintext msgpack metadata around the sealed master key."""
+    salt = os.urandom(nacl.pwhash.argon2id.SALTBYTES)
+    wrapping = MasterKey(_derive(password, salt, params), b"\0" * KEY_SIZE)
+    return msgpack.packb(
+        {
+            "v": KEY_FILE_VERSION,
+            "kdf": "argon2id",
+            "ops": params.opslimit,
+            "mem": params.memlimit,
+            "salt": salt,
+            "created": created,
+            "hostname": hostname,
+            "username": username,
+            "data": wrapping.seal(master.to_bytes(), AAD_KEY),
+        }
+    )
+
+
+def parse_key_file(raw: bytes, name: str) -> dict:
+    try:
+        d = msgpack.unpackb(raw)
+    except Exception:
+        raise IntegrityError(f"key file {name} is damaged (not msgpack)", name) from None
+    if not isinstance(d, dict) or "v" not in d:
+        raise IntegrityError(f"key file {name} is damaged (no version)", name)
+    if d["v"] != KEY_FILE_VERSION or d.get("kdf") != "argon2id":
+        raise UnsupportedVersion(f"key file {name} has unsupported version or KDF")
+    for field, typ in (("ops", int), ("mem", int), ("salt", bytes), ("data", bytes)):
+        if not isinstance(d.get(field), typ):
+            raise IntegrityError(f"key file {name} is damaged (field {field})", name)
+    return d
+
+
+def unwrap_master_key(raw: bytes, password: bytes, name: str = "key") -> MasterKey:
+    """Open a key file with a password. Raises WrongPassword if authentication fails."""
+    d = parse_key_file(raw, name)
+    try:
+        derived = _derive(password, d["salt"], KdfParams(d["ops"], d["mem"]))
+    except (nacl.exceptions.CryptoError, ValueError, TypeError):
+        raise IntegrityError(f"key file {name} has invalid KDF parameters", name) from None
+    wrapping = MasterKey(derived, b"\0" * KEY_SIZE)
+    try:
+        plain = wrapping.open(d["data"], AAD_KEY, name)
+    except IntegrityError:
+        raise WrongPassword("wrong password or no key file matches it") from None
+    try:
+        return MasterKey.from_bytes(plain)
+    except Exception:
+        raise IntegrityError(f"key file {name} holds a malformed master key", name) from None

@@ -1,0 +1,213 @@
+"""Index files and the in-memory index of every blob in the repository.
+
+An index file maps packs to the blobs they hold (the same 48-byte records as pack headers), so
+loading it is a ``numpy.frombuffer`` rather than millions of Python objects.
+
+The in-memory ``MasterIndex`` keeps blobs in sorted, fixed-width arrays: a uint64 prefix of the
+id (the first 8 bytes, big-endian), the full 32-byte ids in one ``bytes`` buffer, and uint32
+columns for pack number, offset, length and raw length, plus type and compression bytes: 58
+bytes per blob. A 65,536-entry table of where each 16-bit prefix starts narrows each lookup
+to a handful of bisection steps. Blobs added during a session sit in a small dict until
+``compact()`` folds them into the arrays.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import msgpack
+import numpy as np
+
+from .crypto import AAD_INDEX, MasterKey
+from .errors import IntegrityError, UnsupportedVersion
+from .packs import RECORD_SIZE, BlobEntry, encode_records
+
+INDEX_VERSION = 1
+
+# Structured view of one record; "prefix" overlays the first 8 bytes of the id.
+_RECORD_DTYPE = np.dtype(
+    {
+        "names": ["prefix", "id", "offset", "length", "raw", "type", "comp"],
+        "formats": [">u8", "V32", "<u4", "<u4", "<u4", "u1", "u1"],
+        "offsets": [0, 0, 32, 36, 40, 44, 45],
+        "itemsize": RECORD_SIZE,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BlobLocation:
+    pack_id: bytes
+    offset: int
+    length: int
+    raw_length: int
+    type: int
+    compression: int
+
+    def entry(self, blob_id: bytes) -> BlobEntry:
+        return BlobEntry(blob_id, self.offset, self.length, self.raw_length, self.type,
+                         self.compression)
+
+
+# --- index files ---------------------------------------------------------------------------
+
+
+def encode_index_file(key: MasterKey, packs: Iterable[tuple[bytes, list[BlobEntry]]],
+                      supersedes: Iterable[bytes] = ()) -> bytes:
+    body = {
+        "v": INDEX_VERSION,
+        "packs": [{"id": pid, "blobs": encode_records(entries)} for pid, entries in packs],
+        "supersedes": list(supersedes),
+    }
+    return key.seal(msgpack.packb(body), AAD_INDEX)
+
+
+def decode_index_file(key: MasterKey, raw: bytes, name: str) -> dict:
+    """Return ``{"packs": [(pack_id, records bytes)], "supersedes": [ids]}``."""
+    plain = key.open(raw, AAD_INDEX, name)
+    try:
+        body = msgpack.unpackb(plain)
+        if body["v"] != INDEX_VERSION:
+            raise UnsupportedVersion(f"{name}: index version {body['v']} is not supported")
+        packs = []
+        for p in body["packs"]:
+            pid, blobs = p["id"], p["blobs"]
+            if not isinstance(pid, bytes) or len(pid) != 32 or len(blobs) % RECORD_SIZE:
+                raise ValueError("bad pack entry")
+            packs.append((pid, blobs))
+        return {"packs": packs, "supersedes": list(body.get("supersedes", []))}
+    except UnsupportedVersion:
+        raise
+    except Exception:
+        raise IntegrityError(f"{name}: malformed index file", name) from None
+
+
+# --- in-memory index ------------------------------------------------------------------------
+
+
+class MasterIndex:
+    def __init__(self) -> None:
+        self._pack_ids: list[bytes] = []
+        self._pack_no: dict[bytes, int] = {}
+        self._n = 0
+        self._prefix = np.zeros(0, dtype=np.uint64)
+        self._prefix_view = memoryview(self._prefix)
+        self._ids = b""
+        self._pack = np.zeros(0, dtype=np.uint32)
+        self._offset = np.zeros(0, dtype=np.uint32)
+        self._length = np.zeros(0, dtype=np.uint32)
+        self._raw = np.zeros(0, dtype=np.uint32)
+        self._type = np.zeros(0, dtype=np.uint8)
+        self._comp = np.zeros(0, dtype=np.uint8)
+        self._table = np.zeros(65537, dtype=np.int64).tolist()
+        # Arrays of records not yet sorted in (from loaded index files), and single new blobs.
+        self._staged: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending: dict[bytes, list[BlobLocation]] = {}
+
+    # -- adding
+    def _pack_number(self, pack_id: bytes) -> int:
+        no = self._pack_no.get(pack_id)
+        if no is None:
+            no = self._pack_no[pack_id] = len(self._pack_ids)
+            self._pack_ids.append(pack_id)
+        return no
+
+    def add_pack_records(self, pack_id: bytes, records: bytes) -> None:
+        """Stage a pack's raw records (from an index file); ``compact()`` sorts them in."""
+        arr = np.frombuffer(records, dtype=_RECORD_DTYPE)
+        packs = np.full(len(arr), self._pack_number(pack_id), dtype=np.uint32)
+        self._staged.append((arr, packs))
+
+    def add_pack(self, pack_id: bytes, entries: list[BlobEntry]) -> None:
+        """Add the blobs of a freshly written pack; visible to lookups at once."""
+        self._pack_number(pack_id)
+        for e in entries:
+            loc = BlobLocation(pack_id, e.offset, e.length, e.raw_length, e.type, e.compression)
+            self._pending.setdefault(e.id, []).append(loc)
+
+    def compact(self) -> None:
+        """Sort staged and pending blobs into the arrays."""
+        if not self._staged and not self._pending:
+            return
+        parts = list(self._staged)
+        if self._pending:
+            recs, packs = [], []
+            for bid, locs in self._pending.items():
+                for loc in locs:
+                    recs.append(loc.entry(bid).pack())
+                    packs.append(self._pack_no[loc.pack_id])
+            parts.append((np.frombuffer(b"".join(recs), dtype=_RECORD_DTYPE),
+                          np.array(packs, dtype=np.uint32)))
+        new = np.concatenate([p[0] for p in parts]) if parts else None
+        new_packs = np.concatenate([p[1] for p in parts])
+        prefix = np.concatenate([self._prefix, new["prefix"].astype(np.uint64)])
+        order = np.argsort(prefix, kind="stable")
+        old_ids = np.frombuffer(self._ids, dtype="V32")
+        ids = np.concatenate([old_ids, new["id"]])[order]
+
+        def merged(old: np.ndarray, add: np.ndarray, dtype) -> np.ndarray:
+            return np.concatenate([old, add.astype(dtype)])[order]
+
+        self._pack = merged(self._pack, new_packs, np.uint32)
+        self._offset = merged(self._offset, new["offset"], np.uint32)
+        self._length = merged(self._length, new["length"], np.uint32)
+        self._raw = merged(self._raw, new["raw"], np.uint32)
+        self._type = merged(self._type, new["type"], np.uint8)
+        self._comp = merged(self._comp, new["comp"], np.uint8)
+        self._prefix = prefix[order]
+        self._ids = ids.tobytes()
+        self._n = len(self._prefix)
+        self._prefix_view = memoryview(self._prefix)
+        top = (self._prefix >> np.uint64(48)).astype(np.int64)
+        self._table = np.searchsorted(top, np.arange(65537)).tolist()
+        self._staged = []
+        self._pending = {}
+
+    # -- lookups
+    def lookup(self, blob_id: bytes, blob_type: int | None = None) -> BlobLocation | None:
+        locs = self._pending.get(blob_id)
+        if locs:
+            for loc in locs:
+                if blob_type is None or loc.type == blob_type:
+                    return loc
+        if self._staged:
+            self.compact()
+        p = int.from_bytes(blob_id[:8], "big")
+        top = p >> 48
+        i = bisect_left(self._prefix_view, p, self._table[top], self._table[top + 1])
+        view = self._prefix_view
+        ids = self._ids
+        n = self._n
+        while i < n and view[i] == p:
+            if ids[i * 32:i * 32 + 32] == blob_id and (blob_type is None or self._type[i] == blob_type):
+                return BlobLocation(self._pack_ids[self._pack[i]], int(self._offset[i]),
+                                    int(self._length[i]), int(self._raw[i]), int(self._type[i]),
+                                    int(self._comp[i]))
+            i += 1
+        return None
+
+    def has(self, blob_id: bytes, blob_type: int | None = None) -> bool:
+        return self.lookup(blob_id, blob_type) is not None
+
+    def __len__(self) -> int:
+        staged = sum(len(a) for a, _ in self._staged)
+        return self._n + staged + sum(len(v) for v in self._pending.values())
+
+    # -- whole-index views (check, prune, stats)
+    def packs(self) -> list[bytes]:
+        return list(self._pack_ids)
+
+    def iter_blobs(self) -> Iterator[tuple[bytes, BlobLocation]]:
+        """Every (blob id, location), including duplicates stored in several packs."""
+        self.compact()
+        for i in range(self._n):
+            yield self._ids[i * 32:i * 32 + 32], BlobLocation(
+                self._pack_ids[self._pack[i]], int(self._offset[i]), int(self._length[i]),
+                int(self._raw[i]), int(self._type[i]), int(self._comp[i]))
+
+    def memory_bytes(self) -> int:
+        arrays = (self._prefix, self._pack, self._offset, self._length, self._raw, self._type,
+                  self._comp)
+        return sum(a.nbytes for a in arrays) + len(self._ids) + 8 * 65537

@@ -1,0 +1,180 @@
+"""Blob encoding and the pack file format.
+
+A blob is stored as ``seal(compressed-or-raw plaintext, aad = type byte || blob id)``; binding
+the id into the associated data means a blob moved to another id's place fails to decrypt.
+
+A pack is ``blob || blob || ... || sealed header || uint32 LE length of the sealed header``.
+The header plaintext is a version byte (1) followed by fixed 48-byte records (``RECORD``), one
+per blob in pack order. Index files reuse the same records, so rebuilding an index from pack
+headers is a byte copy (see docs/format.md).
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Iterable
+
+import zstandard
+
+from .crypto import AAD_PACK_HEADER, OVERHEAD, MasterKey, storage_id
+from .errors import IntegrityError, UnsupportedVersion
+
+BLOB_DATA = 0
+BLOB_TREE = 1
+BLOB_TYPES = {BLOB_DATA: "data", BLOB_TREE: "tree"}
+
+COMP_NONE = 0
+COMP_ZSTD = 1
+
+# id[32] offset u32 length u32 raw_length u32 type u8 compression u8 reserved u16
+RECORD = struct.Struct("<32sIIIBBH")
+RECORD_SIZE = RECORD.size  # 48
+HEADER_VERSION = 1
+_TRAILER = struct.Struct("<I")
+# A tail read this large usually catches the header and its length in one request.
+HEADER_TAIL_GUESS = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class BlobEntry:
+    id: bytes
+    offset: int
+    length: int
+    raw_length: int
+    type: int
+    compression: int
+
+    def pack(self) -> bytes:
+        return RECORD.pack(self.id, self.offset, self.length, self.raw_length, self.type,
+                           self.compression, 0)
+
+
+def blob_aad(blob_type: int, blob_id: bytes) -> bytes:
+    return bytes((blob_type,)) + blob_id
+
+
+class BlobCodec:
+    """Compress-then-encrypt one blob. Thread-safe: zstd contexts are per thread."""
+
+    def __init__(self, key: MasterKey, level: int) -> None:
+        self.key = key
+        self.level = level
+        self._local = threading.local()
+
+    def _cctx(self) -> zstandard.ZstdCompressor:
+        c = getattr(self._local, "c", None)
+        if c is None:
+            c = self._local.c = zstandard.ZstdCompressor(level=self.level)
+        return c
+
+    def _dctx(self) -> zstandard.ZstdDecompressor:
+        d = getattr(self._local, "d", None)
+        if d is None:
+            d = self._local.d = zstandard.ZstdDecompressor()
+        return d
+
+    def encode(self, blob_type: int, blob_id: bytes, data: bytes | memoryview) -> tuple[bytes, int]:
+        """Return (stored bytes, compression). Raw is kept when zstd does not make it smaller."""
+        comp = COMP_NONE
+        payload = data
+        if self.level > 0 and len(data) > 64:
+            packed = self._cctx().compress(data)
+            if len(packed) < len(data):
+                payload, comp = packed, COMP_ZSTD
+        return self.key.seal(payload, blob_aad(blob_type, blob_id)), comp
+
+    def decode(self, entry: BlobEntry, stored: bytes, what: str = "blob") -> bytes:
+        """Decrypt, decompress and verify a blob against its id."""
+        plain = self.key.open(stored, blob_aad(entry.type, entry.id), what)
+        if entry.compression == COMP_ZSTD:
+            try:
+                plain = self._dctx().decompress(plain, max_output_size=entry.raw_length)
+            except zstandard.ZstdError:
+                raise IntegrityError(f"{what}: cannot decompress", what) from None
+        elif entry.compression != COMP_NONE:
+            raise UnsupportedVersion(f"{what}: unknown compression {entry.compression}")
+        if len(plain) != entry.raw_length or self.key.blob_id(plain) != entry.id:
+            raise IntegrityError(f"{what}: content does not match its id", what)
+        return plain
+
+
+def encode_records(entries: Iterable[BlobEntry]) -> bytes:
+    return b"".join(e.pack() for e in entries)
+
+
+def decode_records(raw: bytes | memoryview, what: str) -> list[BlobEntry]:
+    if len(raw) % RECORD_SIZE:
+        raise IntegrityError(f"{what}: blob table has a partial record", what)
+    return [BlobEntry(*fields[:6]) for fields in RECORD.iter_unpack(raw)]
+
+
+class PackBuilder:
+    """Accumulates encoded blobs of one type in memory until the pack is finished."""
+
+    def __init__(self, blob_type: int) -> None:
+        self.blob_type = blob_type
+        self.parts: list[bytes] = []
+        self.entries: list[BlobEntry] = []
+        self.size = 0
+
+    def add(self, blob_id: bytes, stored: bytes, raw_length: int, compression: int) -> None:
+        self.entries.append(BlobEntry(blob_id, self.size, len(stored), raw_length,
+                                      self.blob_type, compression))
+        self.parts.append(stored)
+        self.size += len(stored)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def finish(self, key: MasterKey) -> tuple[str, bytes, list[BlobEntry]]:
+        """Return (pack id, pack bytes, entries)."""
+        header = key.seal(bytes((HEADER_VERSION,)) + encode_records(self.entries), AAD_PACK_HEADER)
+        self.parts.append(header)
+        self.parts.append(_TRAILER.pack(len(header)))
+        data = b"".join(self.parts)
+        self.parts = []
+        return storage_id(data), data, self.entries
+
+
+def parse_header_tail(key: MasterKey, tail: bytes, pack_size: int, what: str) -> tuple[list[BlobEntry], int]:
+    """Parse a pack header from the last bytes of a pack.
+
+    Returns (entries, header length). If ``tail`` is too short to hold the whole header,
+    returns ([], needed) where ``needed`` is the tail length to fetch instead.
+    """
+    if len(tail) < _TRAILER.size:
+        raise IntegrityError(f"{what}: too short to be a pack", what)
+    (hlen,) = _TRAILER.unpack(tail[-_TRAILER.size:])
+    if hlen < OVERHEAD + 1 or hlen + _TRAILER.size > pack_size:
+        raise IntegrityError(f"{what}: invalid header length", what)
+    if hlen + _TRAILER.size > len(tail):
+        return [], hlen + _TRAILER.size
+    sealed = tail[-_TRAILER.size - hlen:-_TRAILER.size]
+    plain = key.open(sealed, AAD_PACK_HEADER, f"{what} header")
+    if plain[0] != HEADER_VERSION:
+        raise UnsupportedVersion(f"{what}: pack header version {plain[0]} is not supported")
+    entries = decode_records(memoryview(plain)[1:], what)
+    data_end = pack_size - _TRAILER.size - hlen
+    for e in entries:
+        if e.offset + e.length > data_end or e.length < OVERHEAD:
+            raise IntegrityError(f"{what}: header lists a blob outside the pack", what)
+    return entries, hlen
+
+
+def read_pack_header(key: MasterKey, backend, name: str, size: int) -> list[BlobEntry]:
+    """Fetch and parse a pack's header with one ranged read (two if the header is huge)."""
+    want = min(size, HEADER_TAIL_GUESS)
+    tail = backend.get(name, size - want, want)
+    entries, needed = parse_header_tail(key, tail, size, name)
+    if not entries and needed > len(tail):
+        tail = backend.get(name, size - needed, needed)
+        entries, _ = parse_header_tail(key, tail, size, name)
+    return entries
+
+
+def parse_pack(key: MasterKey, data: bytes, what: str) -> list[BlobEntry]:
+    """Parse the header of a whole pack held in memory."""
+    entries, _ = parse_header_tail(key, data, len(data), what)
+    return entries
