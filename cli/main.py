@@ -14,11 +14,24 @@ from dedupe.errors import Interrupted, SnapError
 from .app import App
 from .errors import EXIT_ERROR, EXIT_INTERRUPTED, describe, exit_code_for
 
-# One module per command; each defines ``command`` (a click command or group).
-COMMANDS = ["init", "key"]
+# One module per command (cli/cmd_<name>.py); each defines ``command``.
+COMMANDS = ["init", "key", "backup", "restore", "snapshots"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """Imports a command's module only when that command runs: start-up stays fast (a
+    nightly cron job should not pay for boto3 or numpy imports it does not use)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        return importlib.import_module(f"cli.cmd_{name}").command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-r", "--repo", "repo_url", envvar="SNAP_REPOSITORY", metavar="URL",
               help="Repository: a directory, or s3:BUCKET/PREFIX, or "
                    "s3:http[s]://HOST[:PORT]/BUCKET/PREFIX (env SNAP_REPOSITORY).")
@@ -54,10 +67,6 @@ def cli(ctx: click.Context, repo_url, password_file, password_command, no_cache,
               quiet=quiet, verbose=verbose, json=json_, backend_options=backend_options)
     ctx.obj = app
     ctx.call_on_close(app.close)
-
-
-for _name in COMMANDS:
-    cli.add_command(importlib.import_module(f"cli.cmd_{_name}").command)
 
 
 def _on_sigterm(signum, frame) -> None:

@@ -61,7 +61,10 @@ class BlobSaver:
             return (blob_type, blob_id) in self._inflight or self.repo.index.has(blob_id, blob_type)
 
     def save(self, blob_type: int, blob_id: bytes, data: bytes | memoryview) -> bool:
-        """Queue a blob unless the repository has it already. Returns True if it was new."""
+        """Queue a blob unless the repository has it already. Returns True if it was new.
+
+        ``data`` may be a view of a buffer the caller reuses: it is copied only when new.
+        """
         self._raise_error()
         key = (blob_type, blob_id)
         with self._lock:
@@ -69,6 +72,8 @@ class BlobSaver:
                 return False
             self._inflight.add(key)
             self._busy += 1
+        if not isinstance(data, bytes):
+            data = bytes(data)
         self._encode_slots.acquire()
         try:
             self._encode_pool.submit(self._encode, blob_type, blob_id, data)

@@ -103,3 +103,25 @@ class Snapshot:
             "program_version": self.program_version,
             "summary": self.summary,
         }
+
+
+@dataclass
+class SnapshotFilter:
+    """restic's selection rules: any of ``hosts``; every path of ``paths``; for ``tags``, a
+    snapshot matches when it has all tags of at least one of the tag sets."""
+
+    hosts: list[str] = field(default_factory=list)
+    tags: list[list[str]] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+
+    def __call__(self, snap: Snapshot) -> bool:
+        if self.hosts and snap.hostname not in self.hosts:
+            return False
+        if self.paths and not set(self.paths) <= set(snap.paths):
+            return False
+        if self.tags and not any(set(ts) <= set(snap.tags) for ts in self.tags):
+            return False
+        return True
+
+    def apply(self, snaps: list[Snapshot]) -> list[Snapshot]:
+        return [s for s in snaps if self(s)]

@@ -1,0 +1,104 @@
+"""Live progress for long commands: a rich display on terminals, JSON lines with --json.
+
+The engine only updates plain counters; a daemon thread here samples them a few times a
+second, so progress costs the hot path nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Callable
+
+from rich.live import Live
+from rich.text import Text
+
+from .sizes import format_size
+
+
+def _eta(done: float, total: float, elapsed: float) -> str:
+    if not total or done <= 0 or done >= total:
+        return ""
+    left = elapsed * (total - done) / done
+    return f" ETA {int(left // 60)}:{int(left % 60):02d}"
+
+
+class Ticker:
+    """Calls ``render`` periodically in a daemon thread until stopped."""
+
+    def __init__(self, render: Callable[[bool], None], interval: float) -> None:
+        self._render, self._interval = render, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._render(False)
+
+    def __enter__(self) -> "Ticker":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._render(True)
+
+
+def scan_totals(paths: list[str], totals: dict, stop: threading.Event) -> None:
+    """Count files and bytes below ``paths`` (for ETA); runs beside the backup."""
+    stack = [os.fsencode(p) for p in paths]
+    while stack and not stop.is_set():
+        path = stack.pop()
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if os.path.isdir(path) and not os.path.islink(path):
+            try:
+                with os.scandir(path) as it:
+                    for e in it:
+                        try:
+                            if e.is_dir(follow_symlinks=False):
+                                stack.append(e.path)
+                            elif e.is_file(follow_symlinks=False):
+                                totals["files"] += 1
+                                totals["bytes"] += e.stat(follow_symlinks=False).st_size
+                        except OSError:
+                            continue
+            except OSError:
+                continue
+        elif os.path.isfile(path):
+            totals["files"] += 1
+            totals["bytes"] += st.st_size
+    totals["done"] = True
+
+
+def backup_line(p, totals: dict) -> str:
+    elapsed = max(time.monotonic() - p.started, 1e-6)
+    rate = p.bytes_done / elapsed
+    tb = totals.get("bytes", 0)
+    files = f"{p.files_done}" + (f"/{totals['files']}" if totals.get("done") else "")
+    size = format_size(p.bytes_done) + (f" / {format_size(tb)}" if totals.get("done") else "")
+    eta = _eta(p.bytes_done, tb, elapsed) if totals.get("done") else ""
+    errors = f", {p.errors} errors" if p.errors else ""
+    return f"[{int(elapsed // 60)}:{int(elapsed % 60):02d}] {files} files, {size}, " \
+           f"{format_size(rate)}/s{eta}{errors}  {p.current[-60:]}"
+
+
+class LiveLine:
+    """A single refreshing status line on stderr."""
+
+    def __init__(self, console) -> None:
+        self._live = Live(Text(""), console=console, refresh_per_second=4, transient=True)
+
+    def __enter__(self) -> "LiveLine":
+        self._live.__enter__()
+        return self
+
+    def update(self, line: str) -> None:
+        self._live.update(Text(line, overflow="ellipsis", no_wrap=True))
+
+    def __exit__(self, *exc) -> None:
+        self._live.__exit__(*exc)
