@@ -1,0 +1,523 @@
+"""S3 backend: the chunk store in a bucket on AWS S3 or any S3-compatible server.
+
+Locations::
+
+    s3:BUCKET[/PREFIX]                         AWS (region from AWS_REGION, the profile, ...);
+                                               AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL redirect it
+    s3:http[s]://HOST[:PORT]/BUCKET[/PREFIX]   any S3-compatible endpoint (Ceph RGW, MinIO, ...)
+
+Credentials come only from boto3's standard chain (environment, AWS_PROFILE, shared config,
+instance/container roles); they are never part of a location, never stored, never printed.
+
+How the contract is kept on S3:
+
+- Never overwrite: ``PutObject`` carries ``If-None-Match: *`` so the server itself refuses an
+  existing name (HTTP 412 -> ``AlreadyExists``), which is also safe against racing writers. A
+  server that answers 501 NotImplemented gets HEAD-then-PUT for the rest of the process (racy
+  between two writers, but objects are content-addressed, so a racing writer writes the same
+  bytes). Multipart uploads HEAD first as well, because some servers (Ceph RGW 16) accept
+  ``If-None-Match`` on CompleteMultipartUpload but ignore it.
+- Integrity in transit: every PUT and every part carries Content-MD5, which AWS, Ceph RGW,
+  MinIO and others verify before storing (BadDigest -> ``TransientError``, sent again). We send
+  MD5 rather than the newer ``x-amz-checksum-*`` trailers because older S3-compatible servers
+  verify only Content-MD5.
+- Atomic visibility: an S3 object appears whole or not at all; a failed multipart upload is
+  aborted so its parts do not linger (and ``install_lifecycle_rule`` cleans up after crashes).
+- Retries: botocore's own retries are switched off (one attempt per call). The engine wraps the
+  backend in ``RetryBackend`` (exponential backoff, full jitter), and two stacked retry layers
+  would multiply into retry storms and hide what really happened on the wire.
+
+Every HTTP request that is really sent (retries by urllib3 included) is counted by kind through
+botocore's ``before-send`` event; see ``http_request_counts``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import re
+import threading
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Iterator
+from urllib.parse import urlsplit
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..errors import AlreadyExists, BackendConfigError, BackendError, NotFound
+from .base import NAMESPACES, ObjectInfo, check_name
+from .s3_errors import ErrorMapper, error_code, is_not_implemented
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+#: Objects larger than this go up as multipart uploads (S3 allows at most 5 GiB in one PUT,
+#: and a failed 32 MiB PUT is cheap to repeat).
+MULTIPART_THRESHOLD = 32 * MiB
+PART_SIZE = 16 * MiB
+MIN_PART_SIZE = 5 * MiB  # S3's limit for every part but the last
+MAX_PARTS = 10_000
+
+STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR")
+ARCHIVE_CLASSES = ("GLACIER", "DEEP_ARCHIVE")
+
+#: Request kinds for counting, by S3 operation. Everything else (multipart bookkeeping,
+#: bucket administration) is "other".
+REQUEST_KINDS = ("PUT", "GET", "HEAD", "LIST", "DELETE", "other")
+_KIND_OF_OPERATION = {
+    "PutObject": "PUT", "UploadPart": "PUT",
+    "GetObject": "GET",
+    "HeadObject": "HEAD", "HeadBucket": "HEAD",
+    "ListObjectsV2": "LIST", "ListObjects": "LIST", "ListMultipartUploads": "LIST",
+    "ListParts": "LIST",
+    "DeleteObject": "DELETE", "DeleteObjects": "DELETE",
+}
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
+_AWS_HOST_RE = re.compile(r"^s3([.-][a-z0-9-]+)*\.amazonaws\.com(\.cn)?$")
+
+
+@dataclass(frozen=True, slots=True)
+class S3Location:
+    bucket: str
+    prefix: str  # without leading or trailing "/"; "" for the bucket's root
+    endpoint: str | None  # scheme://host[:port] when the URL names one
+
+
+def parse_s3_url(url: str) -> S3Location:
+    """Split an ``s3:`` repository URL; ``BackendConfigError`` says what is wrong with it."""
+    forms = "expected s3:BUCKET/PREFIX or s3:https://HOST[:PORT]/BUCKET/PREFIX"
+    if not url.startswith("s3:"):
+        raise BackendConfigError(f"not an S3 location: {url!r} ({forms})")
+    rest = url[3:]
+    endpoint = None
+    if rest.startswith(("http://", "https://")):
+        parts = urlsplit(rest)
+        if parts.username is not None or parts.password is not None:
+            # Do not echo the URL: it holds what looks like a secret.
+            raise BackendConfigError(
+                "credentials must not be part of the repository URL: give them in "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE")
+        try:
+            port = parts.port
+        except ValueError:
+            raise BackendConfigError(f"invalid port in {url!r} ({forms})") from None
+        if not parts.hostname:
+            raise BackendConfigError(f"no host in {url!r} ({forms})")
+        if parts.query or parts.fragment:
+            raise BackendConfigError(f"unexpected '?' or '#' in {url!r} ({forms})")
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        endpoint = f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+        rest = parts.path
+    elif rest.startswith("//"):
+        rest = rest[2:]  # s3://BUCKET/PREFIX, as the AWS CLI writes it
+    rest = rest.strip("/")
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise BackendConfigError(f"no bucket in {url!r} ({forms})")
+    if endpoint is None and _AWS_HOST_RE.match(bucket):
+        raise BackendConfigError(
+            f"{url!r} names the host {bucket!r} where a bucket is expected: write "
+            f"s3:BUCKET/PREFIX for AWS, or s3:https://{bucket}/BUCKET/PREFIX")
+    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        raise BackendConfigError(
+            f"invalid bucket name {bucket!r} in {url!r}: bucket names are 3-63 characters of "
+            f"lowercase letters, digits, '.', '-' and '_' ({forms})")
+    if prefix and any(p in ("", ".", "..") for p in prefix.split("/")):
+        raise BackendConfigError(f"invalid prefix {prefix!r} in {url!r}: no empty, '.' or '..' "
+                                 f"path components")
+    return S3Location(bucket, prefix, endpoint)
+
+
+def _env_endpoint() -> str | None:
+    """The endpoint AWS's own tools would use from the environment, if any."""
+    if os.environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() == "true":
+        return None
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def check_storage_class(storage_class: str | None) -> str | None:
+    if storage_class is None:
+        return None
+    sc = storage_class.strip().upper()
+    if sc in ARCHIVE_CLASSES:
+        raise BackendConfigError(
+            f"storage class {sc} is not supported: objects in it cannot be read without a "
+            f"restore request first, so restore, check and prune would fail; use GLACIER_IR "
+            f"(instant retrieval) or one of {', '.join(STORAGE_CLASSES)}")
+    if sc not in STORAGE_CLASSES:
+        raise BackendConfigError(f"unknown S3 storage class {storage_class!r}: use one of "
+                                 f"{', '.join(STORAGE_CLASSES)}")
+    return sc
+
+
+def _md5_b64(data: bytes | memoryview) -> str:
+    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+
+
+class S3Backend:
+    """A repository under ``prefix`` in ``bucket``. Thread-safe; one connection pool."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint: str | None = None,
+        storage_class: str | None = None,
+        connections: int = 8,
+        path_style: bool | None = None,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
+        part_size: int = PART_SIZE,
+        conditional_put: bool | None = None,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        location: str | None = None,
+    ) -> None:
+        if connections < 1:
+            raise BackendConfigError(f"--s3-connections must be at least 1, not {connections}")
+        if part_size < MIN_PART_SIZE:
+            raise BackendConfigError(f"multipart part size must be at least {MIN_PART_SIZE} bytes")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.endpoint = endpoint
+        self.storage_class = check_storage_class(storage_class)
+        self.multipart_threshold = max(multipart_threshold, part_size)
+        self.part_size = part_size
+        self.location = location or (
+            f"s3:{endpoint + '/' if endpoint else ''}{bucket}" + (f"/{self.prefix}" if self.prefix else ""))
+        self._base = f"{self.prefix}/" if self.prefix else ""
+        #: None: try If-None-Match and fall back on 501; True: always; False: HEAD-then-PUT.
+        self._conditional = conditional_put
+        #: Set once the bucket is known to exist; until then an ambiguous 404 (HEAD has no body
+        #: to say NoSuchBucket) costs one HeadBucket to tell "no such object" from "no bucket".
+        self._bucket_known = False
+        self._errors = ErrorMapper(bucket, self._base, endpoint)
+        self._counts: Counter[str] = Counter()
+        self._counts_lock = threading.Lock()
+
+        session = boto3.session.Session()
+        region = session.region_name
+        if endpoint and not region:
+            region = "us-east-1"  # SigV4 needs some region; S3-compatible servers accept this one
+        if path_style is None:
+            path_style = endpoint is not None  # most S3-compatible servers lack virtual hosts
+        config = Config(
+            max_pool_connections=connections,
+            retries={"total_max_attempts": 1, "mode": "standard"},  # RetryBackend retries
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            tcp_keepalive=True,
+            s3={"addressing_style": "path" if path_style else "auto"},
+            # We send Content-MD5 ourselves (see the module docstring); no CRC trailers.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            user_agent_appid="snap",
+        )
+        try:
+            self._client = session.client("s3", endpoint_url=endpoint, region_name=region,
+                                          config=config)
+        except (BotoCoreError, ValueError) as exc:
+            raise BackendConfigError(f"cannot set up S3 client for {self.location}: {exc}") from None
+        self._client.meta.events.register("before-send.s3", self._count_request)
+
+    @classmethod
+    def from_url(cls, url: str, *, storage_class: str | None = None, connections: int = 8,
+                 path_style: bool | None = None, **options: Any) -> "S3Backend":
+        """Open ``s3:...`` (see the module docstring). ``options`` go to ``__init__``."""
+        loc = parse_s3_url(url)
+        endpoint = loc.endpoint or _env_endpoint()
+        if endpoint and not endpoint.startswith(("http://", "https://")):
+            raise BackendConfigError(f"S3 endpoint {endpoint!r} (from AWS_ENDPOINT_URL*) must start "
+                                     f"with http:// or https://")
+        location = url.rstrip("/") if loc.endpoint else f"s3:{loc.bucket}" + (
+            f"/{loc.prefix}" if loc.prefix else "")
+        return cls(loc.bucket, loc.prefix, endpoint=endpoint, storage_class=storage_class,
+                   connections=connections, path_style=path_style, location=location, **options)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _key(self, name: str) -> str:
+        return self._base + name
+
+    def _count_request(self, event_name: str = "", **_: Any) -> None:
+        # Must return None: a value returned from before-send would replace the HTTP response.
+        kind = _KIND_OF_OPERATION.get(event_name.rsplit(".", 1)[-1], "other")
+        with self._counts_lock:
+            self._counts[kind] += 1
+
+    def http_request_counts(self) -> dict[str, int]:
+        """HTTP requests sent so far, by kind (PUT, GET, HEAD, LIST, DELETE, other)."""
+        with self._counts_lock:
+            return {kind: self._counts.get(kind, 0) for kind in REQUEST_KINDS}
+
+    def _fail(self, exc: BaseException, op: str, name: str | None) -> BackendError:
+        mapped = self._errors.map(exc, op, name)
+        if isinstance(mapped, NotFound) and not self._bucket_known:
+            if isinstance(exc, ClientError) and error_code(exc)[0] == "NoSuchKey":
+                self._bucket_known = True  # only an existing bucket says NoSuchKey
+            else:
+                self._check_bucket()  # raises the clearer "bucket missing" error if so
+        return mapped
+
+    def _check_bucket(self) -> None:
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            code, status = error_code(exc)
+            if status == 404 or code == "NoSuchBucket":
+                raise self._errors.bucket_missing() from None
+            raise self._errors.map(exc, "check", None) from None
+        except BotoCoreError as exc:
+            raise self._errors.map(exc, "check", None) from None
+        self._bucket_known = True
+
+    def _exists(self, name: str) -> bool:
+        try:
+            self.stat(name)
+            return True
+        except NotFound:
+            return False
+
+    # ------------------------------------------------------------------ contract
+
+    def put(self, name: str, data: bytes | memoryview, bulk: bool = False) -> None:
+        check_name(name)
+        view = memoryview(data).cast("B")
+        extra: dict[str, Any] = {}
+        if bulk and self.storage_class not in (None, "STANDARD"):
+            extra["StorageClass"] = self.storage_class
+        if view.nbytes > self.multipart_threshold:
+            self._put_multipart(name, view, extra)
+            return
+        body = data if isinstance(data, bytes) else view.tobytes()
+        md5 = _md5_b64(body)
+        if self._conditional is not False:
+            try:
+                self._client.put_object(Bucket=self.bucket, Key=self._key(name), Body=body,
+                                        ContentMD5=md5, IfNoneMatch="*", **extra)
+                self._bucket_known = True
+                return
+            except ClientError as exc:
+                if not (is_not_implemented(exc) and self._conditional is None):
+                    raise self._put_error(exc, name, extra) from None
+                log.info("%s does not support conditional PUT; using HEAD before PUT", self.location)
+                self._conditional = False
+            except BotoCoreError as exc:
+                raise self._fail(exc, "put", name) from None
+        if self._exists(name):
+            raise AlreadyExists(f"object exists: {self._errors.where(name)}", name)
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=self._key(name), Body=body,
+                                    ContentMD5=md5, **extra)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._put_error(exc, name, extra) from None
+
+    def _put_error(self, exc: BaseException, name: str, extra: dict[str, Any]) -> BackendError:
+        if isinstance(exc, ClientError) and "StorageClass" in extra:
+            code, _ = error_code(exc)
+            if code in ("InvalidStorageClass", "InvalidArgument"):
+                return BackendConfigError(
+                    f"{self.location}: the server refused storage class {self.storage_class} "
+                    f"({code}); choose another --s3-storage-class (S3-compatible servers often "
+                    f"know only STANDARD)", name)
+        return self._fail(exc, "put", name)
+
+    def _put_multipart(self, name: str, view: memoryview, extra: dict[str, Any]) -> None:
+        key = self._key(name)
+        if self._exists(name):
+            raise AlreadyExists(f"object exists: {self._errors.where(name)}", name)
+        part_size = max(self.part_size, -(-view.nbytes // MAX_PARTS))
+        try:
+            upload_id = self._client.create_multipart_upload(Bucket=self.bucket, Key=key,
+                                                             **extra)["UploadId"]
+        except (ClientError, BotoCoreError) as exc:
+            raise self._put_error(exc, name, extra) from None
+        try:
+            parts = []
+            for number, offset in enumerate(range(0, view.nbytes, part_size), start=1):
+                chunk = view[offset:offset + part_size].tobytes()
+                reply = self._client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                 PartNumber=number, Body=chunk,
+                                                 ContentMD5=_md5_b64(chunk))
+                parts.append({"ETag": reply["ETag"], "PartNumber": number})
+            self._complete_multipart(key, upload_id, parts)
+        except BaseException as exc:
+            # Parts of an unfinished upload are invisible but billed: abort it (best effort;
+            # the lifecycle rule catches what a crash leaves behind).
+            self._abort_multipart(key, upload_id)
+            if isinstance(exc, (ClientError, BotoCoreError)):
+                raise self._put_error(exc, name, extra) from None
+            raise
+
+    def _complete_multipart(self, key: str, upload_id: str, parts: list[dict[str, Any]]) -> None:
+        args = dict(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                    MultipartUpload={"Parts": parts})
+        if self._conditional is not False:
+            try:
+                self._client.complete_multipart_upload(**args, IfNoneMatch="*")
+                return
+            except ClientError as exc:
+                if not (is_not_implemented(exc) and self._conditional is None):
+                    raise
+                self._conditional = False
+        self._client.complete_multipart_upload(**args)
+
+    def _abort_multipart(self, key: str, upload_id: str) -> None:
+        try:
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("could not abort multipart upload of %s: %s", key, exc)
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        check_name(name)
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError(f"invalid range offset={offset} length={length}")
+        if length == 0:
+            self.stat(name)  # keep the contract: NotFound for a missing object
+            return b""
+        args: dict[str, Any] = {}
+        if length is not None:
+            args["Range"] = f"bytes={offset}-{offset + length - 1}"
+        elif offset:
+            args["Range"] = f"bytes={offset}-"
+        try:
+            reply = self._client.get_object(Bucket=self.bucket, Key=self._key(name), **args)
+            data = reply["Body"].read()
+        except ClientError as exc:
+            code, status = error_code(exc)
+            if status == 416 or code == "InvalidRange":
+                return b""  # the object exists but ends before ``offset``
+            raise self._fail(exc, "get", name) from None
+        except (BotoCoreError, OSError) as exc:
+            raise self._fail(exc, "get", name) from None
+        self._bucket_known = True
+        if args and "ContentRange" not in reply:
+            # A server that ignores Range sends the whole object; cut it here.
+            data = data[offset:] if length is None else data[offset:offset + length]
+        return data
+
+    def stat(self, name: str) -> ObjectInfo:
+        check_name(name)
+        try:
+            reply = self._client.head_object(Bucket=self.bucket, Key=self._key(name))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail(exc, "stat", name) from None
+        self._bucket_known = True
+        return ObjectInfo(name, int(reply["ContentLength"]))
+
+    def list(self, namespace: str) -> Iterator[ObjectInfo]:
+        if namespace not in NAMESPACES:
+            raise ValueError(f"unknown namespace {namespace!r}")
+        paginator = self._client.get_paginator("list_objects_v2")
+        skip = len(self._base)
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(namespace) + "/"):
+                for obj in page.get("Contents", ()):
+                    key = obj["Key"]
+                    if key.endswith("/"):
+                        continue  # "folder" markers made by web consoles are not objects
+                    yield ObjectInfo(key[skip:], int(obj["Size"]))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail(exc, "list", f"{namespace}/") from None
+        self._bucket_known = True
+
+    def delete(self, name: str) -> None:
+        # S3 answers DELETE of a missing key with 204 like any other: HEAD first to honour the
+        # contract's NotFound. Deletes are rare (prune, key removal, locks), so the extra
+        # request is cheap.
+        self.stat(name)
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=self._key(name))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail(exc, "delete", name) from None
+
+    def close(self) -> None:
+        self._client.close()
+
+    # ------------------------------------------------------------------ administration
+
+    def create_bucket_if_missing(self) -> bool:
+        """Create the bucket unless it exists (for ``init``). True if it was created."""
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+            self._bucket_known = True
+            return False
+        except ClientError as exc:
+            code, status = error_code(exc)
+            if not (status == 404 or code == "NoSuchBucket"):
+                raise self._errors.map(exc, "check", None) from None
+        except BotoCoreError as exc:
+            raise self._errors.map(exc, "check", None) from None
+        args: dict[str, Any] = {}
+        region = self._client.meta.region_name
+        if self.endpoint is None and region and region not in ("us-east-1", "aws-global"):
+            args["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            self._client.create_bucket(Bucket=self.bucket, **args)
+        except ClientError as exc:
+            code, _ = error_code(exc)
+            if code == "BucketAlreadyOwnedByYou":
+                self._bucket_known = True
+                return False
+            if code == "BucketAlreadyExists":
+                raise BackendConfigError(f"bucket name {self.bucket!r} is taken by another "
+                                         f"account: choose another bucket name") from None
+            raise self._errors.map(exc, "create bucket", None) from None
+        except BotoCoreError as exc:
+            raise self._errors.map(exc, "create bucket", None) from None
+        self._bucket_known = True
+        return True
+
+    def install_lifecycle_rule(self, days: int = 7) -> None:
+        """Make the bucket abort multipart uploads left unfinished for ``days`` under our prefix.
+
+        Other rules of the bucket are kept: S3 replaces the whole lifecycle configuration.
+        """
+        if days < 1:
+            raise ValueError("days must be at least 1")
+        rule_id = "snap-abort-incomplete-uploads-" + hashlib.sha256(self._base.encode()).hexdigest()[:12]
+        try:
+            try:
+                rules = self._client.get_bucket_lifecycle_configuration(Bucket=self.bucket)["Rules"]
+            except ClientError as exc:
+                if error_code(exc)[0] != "NoSuchLifecycleConfiguration":
+                    raise
+                rules = []
+            rules = [r for r in rules if r.get("ID") != rule_id]
+            rules.append({"ID": rule_id, "Status": "Enabled", "Filter": {"Prefix": self._base},
+                          "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": days}})
+            self._client.put_bucket_lifecycle_configuration(
+                Bucket=self.bucket, LifecycleConfiguration={"Rules": rules})
+        except (ClientError, BotoCoreError) as exc:
+            raise self._errors.map(exc, "lifecycle configuration", None) from None
+
+    def probe_conditional_put(self) -> bool:
+        """Whether the server refuses a second ``If-None-Match: *`` PUT (for ``init``).
+
+        Some S3-compatible servers ignore the header silently; ``init`` can record the answer
+        in the repository config and later opens pass ``conditional_put=`` accordingly. The
+        probe object lies outside every namespace and is deleted again.
+        """
+        key = f"{self._base}conditional-put-probe-{uuid.uuid4().hex}"
+        args = dict(Bucket=self.bucket, Key=key, Body=b"probe", ContentMD5=_md5_b64(b"probe"))
+        try:
+            self._client.put_object(**args)
+            try:
+                self._client.put_object(**args, IfNoneMatch="*")
+                return False
+            except ClientError as exc:
+                if error_code(exc)[1] == 412:
+                    return True
+                if is_not_implemented(exc):
+                    return False
+                raise
+            finally:
+                self._client.delete_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._errors.map(exc, "probe", None) from None
