@@ -4,6 +4,10 @@
 
     /srv/backups, local:/srv/backups      LocalBackend
     s3:BUCKET/PREFIX, s3:http://HOST/...   S3Backend
+
+``wrap_backend`` puts the standard wrappers around a raw backend for the repository to use:
+retries on transient errors, request counting (``request_counts``), and optionally injected
+faults for tests.
 """
 
 from __future__ import annotations
@@ -12,9 +16,15 @@ from typing import Any
 
 from ..errors import BackendConfigError
 from .base import NAMESPACES, Backend, ObjectInfo, pack_name
+from .counting import CountingBackend, request_counts
+from .faults import FaultInjectingBackend
 from .local import LocalBackend
+from .retry import RetryBackend
 
-__all__ = ["Backend", "ObjectInfo", "NAMESPACES", "LocalBackend", "open_backend", "pack_name"]
+__all__ = [
+    "Backend", "ObjectInfo", "NAMESPACES", "LocalBackend", "open_backend", "pack_name",
+    "wrap_backend", "RetryBackend", "CountingBackend", "FaultInjectingBackend", "request_counts",
+]
 
 
 def open_backend(url: str, **options: Any) -> Backend:
@@ -31,3 +41,22 @@ def open_backend(url: str, **options: Any) -> Backend:
     if ":" in url and "/" not in scheme and len(scheme) > 1 and not url.startswith("/"):
         raise BackendConfigError(f"unsupported repository type {scheme!r} in {url!r}")
     return LocalBackend(url)
+
+
+def wrap_backend(backend: Backend, *, retry_attempts: int = 6, retry_base_delay: float = 0.2,
+                 retry_max_delay: float = 10.0, fault_rate: float = 0.0,
+                 fault_seed: int | None = None) -> Backend:
+    """``backend`` inside the standard stack: Retry(Faults?(Counting?(backend))).
+
+    Counting sits innermost so retried calls count as the separate requests they are; an S3
+    backend counts its real HTTP requests itself and gets no ``CountingBackend``. Faults (for
+    tests: ``fault_rate`` > 0) sit between the retries and the storage, where a flaky
+    network would be. ``request_counts(wrapped)`` works on the result.
+    """
+    inner: Backend = backend
+    if not callable(getattr(type(backend), "http_request_counts", None)):
+        inner = CountingBackend(inner)
+    if fault_rate:
+        inner = FaultInjectingBackend(inner, error_rate=fault_rate, seed=fault_seed)
+    return RetryBackend(inner, attempts=retry_attempts, base_delay=retry_base_delay,
+                        max_delay=retry_max_delay)
