@@ -12,7 +12,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from dedupe.backends import open_backend
+from dedupe.backends import open_backend, wrap_backend
 from dedupe.backends.base import Backend
 from dedupe.errors import SnapError
 from dedupe.repository import Repository
@@ -85,7 +85,7 @@ class App:
         if self._backend is None:
             if not self.repo_url:
                 raise UsageError("no repository given: use -r/--repo or SNAP_REPOSITORY")
-            self._backend = open_backend(self.repo_url, **self.backend_options)
+            self._backend = wrap_backend(open_backend(self.repo_url, **self.backend_options))
         return self._backend
 
     def open_repo(self) -> Repository:

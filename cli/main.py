@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import signal
 import sys
+import traceback
 
 import click
 
@@ -94,6 +95,12 @@ def main(argv: list[str] | None = None) -> None:
         code = EXIT_ERROR
     except OSError as exc:
         click.echo(f"snap: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
+                   err=True)
+        code = EXIT_ERROR
+    except Exception as exc:  # a bug: still one line, the traceback only when asked (-vv)
+        if "-vv" in (argv or sys.argv):
+            traceback.print_exc()
+        click.echo(f"snap: internal error: {type(exc).__name__}: {exc} (run with -vv for details)",
                    err=True)
         code = EXIT_ERROR
     sys.exit(code)
