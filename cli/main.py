@@ -70,6 +70,36 @@ def cli(ctx: click.Context, repo_url, password_file, password_command, no_cache,
     ctx.call_on_close(app.close)
 
 
+# Global flags may also be written after the command, as with restic (`snap backup -q /x`).
+_GLOBAL_WITH_VALUE = {"-r", "--repo", "--password-file", "--password-command", "--cache-dir",
+                      "--s3-storage-class", "--s3-connections"}
+_GLOBAL_FLAGS = {"--no-cache", "-q", "--quiet", "-v", "-vv", "-vvv", "--verbose", "--json",
+                 "--s3-path-style", "--s3-virtual-hosted"}
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """Move global flags found after the command name in front of it (stops at ``--``)."""
+    front, rest = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        name = arg.split("=", 1)[0]
+        if arg in _GLOBAL_FLAGS:
+            front.append(arg)
+        elif name in _GLOBAL_WITH_VALUE and "=" in arg:
+            front.append(arg)
+        elif arg in _GLOBAL_WITH_VALUE and i + 1 < len(argv):
+            front.extend(argv[i:i + 2])
+            i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
 def _on_sigterm(signum, frame) -> None:
     raise Interrupted("terminated")
 
@@ -78,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
     code = 0
     try:
-        rv = cli.main(args=argv, prog_name="snap", standalone_mode=False)
+        args = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
+        rv = cli.main(args=args, prog_name="snap", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0  # commands may return an exit code
     except click.exceptions.Exit as exc:
         code = exc.exit_code
