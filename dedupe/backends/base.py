@@ -9,6 +9,7 @@ paths made of the namespaces below; a backend never interprets the bytes it stor
     index/<id>             index files
     data/<2 hex>/<id>      packs (the first two hex digits of the id shard the namespace)
     locks/<id>             reserved for locks and prune markers
+    state/<id>             check's per-pack verification times (see dedupe/verifystate.py)
 
 Contract (each method states what callers may rely on):
 
@@ -34,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Protocol, runtime_checkable
 
-NAMESPACES = ("keys", "snapshots", "index", "data", "locks")
+NAMESPACES = ("keys", "snapshots", "index", "data", "locks", "state")
 
 
 @dataclass(frozen=True, slots=True)
