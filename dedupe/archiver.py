@@ -22,6 +22,7 @@ from typing import Any, BinaryIO, Callable, Protocol
 
 from .chunker import Chunker
 from .errors import Interrupted, SourceError
+from .locks import SHARED, Lock
 from .packs import BLOB_DATA, BLOB_TREE
 from .repository import Repository, default_identity
 from .snapshot import Snapshot
@@ -51,6 +52,7 @@ class BackupOptions:
     time: datetime | None = None
     parent: Snapshot | None = None  # None: the latest with the same host and paths
     no_parent: bool = False
+    lock_wait: float = 600.0  # seconds to wait while a prune holds the exclusive lock
 
 
 @dataclass
@@ -369,7 +371,12 @@ class Archiver:
         if self.opts.dry_run:
             root = build_root(parent.tree if parent else None)
             stats = {"packs_written": 0, "bytes_added_stored": 0}
-        else:
+            return self._finish(root, paths, parent, started, t0, stats, extra_summary)
+        lock = Lock(self.repo, SHARED, "backup")
+        markers = lock.acquire_shared(wait=self.opts.lock_wait)
+        try:
+            # Packs a concurrent prune marked for deletion must not gain new users.
+            self.index.set_avoided_packs({p for m in markers for p in m.packs})
             with self.repo.new_saver() as saver:
                 self._saver = saver
                 try:
@@ -378,6 +385,13 @@ class Archiver:
                 finally:
                     self._saver = None
                 stats = dict(saver.stats)
+            lock.check()
+            return self._finish(root, paths, parent, started, t0, stats, extra_summary)
+        finally:
+            lock.release()
+
+    def _finish(self, root: bytes, paths: list[str], parent: Snapshot | None,
+                started: datetime, t0: float, stats: dict, extra_summary: dict | None) -> BackupResult:
         host, user = default_identity()
         p = self.progress
         summary = {

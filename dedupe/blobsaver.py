@@ -60,15 +60,17 @@ class BlobSaver:
         with self._lock:
             return (blob_type, blob_id) in self._inflight or self.repo.index.has(blob_id, blob_type)
 
-    def save(self, blob_type: int, blob_id: bytes, data: bytes | memoryview) -> bool:
+    def save(self, blob_type: int, blob_id: bytes, data: bytes | memoryview,
+             force: bool = False) -> bool:
         """Queue a blob unless the repository has it already. Returns True if it was new.
 
         ``data`` may be a view of a buffer the caller reuses: it is copied only when new.
+        ``force`` stores it even if the index has a copy (prune's repacking moves blobs).
         """
         self._raise_error()
         key = (blob_type, blob_id)
         with self._lock:
-            if key in self._inflight or self.repo.index.has(blob_id, blob_type):
+            if key in self._inflight or (not force and self.repo.index.has(blob_id, blob_type)):
                 return False
             self._inflight.add(key)
             self._busy += 1

@@ -166,30 +166,46 @@ class MasterIndex:
         self._pending = {}
 
     # -- lookups
-    def lookup(self, blob_id: bytes, blob_type: int | None = None) -> BlobLocation | None:
-        locs = self._pending.get(blob_id)
-        if locs:
-            for loc in locs:
-                if blob_type is None or loc.type == blob_type:
-                    return loc
+    def set_avoided_packs(self, packs: set[bytes]) -> None:
+        """Packs marked for deletion by prune: lookups prefer other copies, and ``has`` (the
+        backup's dedup test) ignores them, so no new snapshot comes to depend on them."""
+        self._avoid = set(packs)
+
+    _avoid: set[bytes] = set()
+
+    def _matches(self, blob_id: bytes, blob_type: int | None) -> Iterator[BlobLocation]:
+        for loc in self._pending.get(blob_id, ()):
+            if blob_type is None or loc.type == blob_type:
+                yield loc
         if self._staged:
             self.compact()
         p = int.from_bytes(blob_id[:8], "big")
         top = p >> 48
-        i = bisect_left(self._prefix_view, p, self._table[top], self._table[top + 1])
         view = self._prefix_view
+        i = bisect_left(view, p, self._table[top], self._table[top + 1])
         ids = self._ids
         n = self._n
         while i < n and view[i] == p:
             if ids[i * 32:i * 32 + 32] == blob_id and (blob_type is None or self._type[i] == blob_type):
-                return BlobLocation(self._pack_ids[self._pack[i]], int(self._offset[i]),
-                                    int(self._length[i]), int(self._raw[i]), int(self._type[i]),
-                                    int(self._comp[i]))
+                yield BlobLocation(self._pack_ids[self._pack[i]], int(self._offset[i]),
+                                   int(self._length[i]), int(self._raw[i]), int(self._type[i]),
+                                   int(self._comp[i]))
             i += 1
-        return None
+
+    def lookup(self, blob_id: bytes, blob_type: int | None = None, *,
+               strict: bool = False) -> BlobLocation | None:
+        """A location of the blob; copies in avoided packs only as a last resort (never if
+        ``strict``)."""
+        fallback = None
+        for loc in self._matches(blob_id, blob_type):
+            if loc.pack_id not in self._avoid:
+                return loc
+            fallback = fallback or loc
+        return None if strict else fallback
 
     def has(self, blob_id: bytes, blob_type: int | None = None) -> bool:
-        return self.lookup(blob_id, blob_type) is not None
+        """True if a copy exists outside the avoided packs."""
+        return self.lookup(blob_id, blob_type, strict=True) is not None
 
     def __len__(self) -> int:
         staged = sum(len(a) for a, _ in self._staged)

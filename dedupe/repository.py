@@ -196,6 +196,13 @@ class Repository:
                     self._index = self._load_index()
         return self._index
 
+    def reload_index(self) -> MasterIndex:
+        """Load the index afresh (prune: after listing snapshots, so none is missed)."""
+        with self._index_lock:
+            self._index_ids = set()
+            self._index = self._load_index()
+        return self._index
+
     def index_ids(self) -> set[str]:
         self.index  # noqa: B018 - loads it
         return set(self._index_ids)
