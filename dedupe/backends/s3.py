@@ -46,6 +46,8 @@ from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 import boto3
+import botocore.loaders
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -156,6 +158,22 @@ def check_storage_class(storage_class: str | None) -> str | None:
     return sc
 
 
+_loader_lock = threading.Lock()
+_shared_loader: Any = None
+
+
+def _new_session() -> boto3.session.Session:
+    """A fresh session (credentials are resolved per backend) sharing one model loader: loading
+    the S3 service description costs ~0.1 s per session otherwise."""
+    global _shared_loader
+    with _loader_lock:
+        if _shared_loader is None:
+            _shared_loader = botocore.loaders.create_loader()
+        core = botocore.session.get_session()
+        core.register_component("data_loader", _shared_loader)
+        return boto3.session.Session(botocore_session=core)
+
+
 def _md5_b64(data: bytes | memoryview) -> str:
     return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
 
@@ -201,7 +219,7 @@ class S3Backend:
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
 
-        session = boto3.session.Session()
+        session = _new_session()
         region = session.region_name
         if endpoint and not region:
             region = "us-east-1"  # SigV4 needs some region; S3-compatible servers accept this one
@@ -278,11 +296,16 @@ class S3Backend:
         self._bucket_known = True
 
     def _exists(self, name: str) -> bool:
+        """HEAD before a PUT. No bucket check on 404: the PUT itself says NoSuchBucket."""
         try:
-            self.stat(name)
+            self._client.head_object(Bucket=self.bucket, Key=self._key(name))
             return True
-        except NotFound:
-            return False
+        except ClientError as exc:
+            if error_code(exc)[1] == 404:
+                return False
+            raise self._fail(exc, "stat", name) from None
+        except BotoCoreError as exc:
+            raise self._fail(exc, "stat", name) from None
 
     # ------------------------------------------------------------------ contract
 

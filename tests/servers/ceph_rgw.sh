@@ -6,13 +6,17 @@
 #                                                   CEPH_RGW_ACCESS_KEY=...  CEPH_RGW_SECRET_KEY=...
 #   ceph_rgw.sh stop DIR                           stop every daemon started in DIR, remove DIR
 #
-# One monitor, one memstore OSD (all data in RAM, ~1.3 GB), one radosgw; no manager (RGW does
-# not need one). Everything lives under DIR and listens on 127.0.0.1 only. The S3 user's keys
+# With CEPH_RGW_WATCH_PID=PID in the environment, start also leaves a watchdog that stops the
+# cluster when process PID ends, so a killed test run does not leave daemons behind.
+#
+# One monitor, one memstore OSD (all data in RAM: memory grows with what tests store), one
+# radosgw; no manager (RGW does not need one). Everything lives under DIR and listens on 127.0.0.1 only. The S3 user's keys
 # are random per run: they are test credentials for a server that dies with the test session.
 #
 # Facts learned the hard way on this machine:
 # - with "auth ... = none", every ms_*_mode must be "crc" too, else radosgw hangs at start;
-# - rgw_frontends needs tcp_nodelay=1, else small GETs take ~40 ms (Nagle + delayed ACK).
+# - rgw_frontends needs tcp_nodelay=1, else small GETs take ~40 ms (Nagle + delayed ACK);
+# - the default Paxos pacing (1 s per monitor change) made radosgw's first start take 9 s.
 # Needs: apt-get install -y ceph-mon ceph-osd radosgw ceph-common
 set -euo pipefail
 
@@ -104,7 +108,7 @@ EOF
     monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$mon_port]" "$DIR/monmap" >/dev/null
     ceph-mon -c "$conf" -i a --mkfs --monmap "$DIR/monmap" >/dev/null 2>&1 \
         || die "ceph-mon --mkfs failed; see $DIR/log"
-    ceph-mon -c "$conf" -i a 2>>"$DIR/log/daemons.stderr"
+    ceph-mon -c "$conf" -i a >>"$DIR/log/daemons.out" 2>&1
     step "monitor started"
     wait_for 30 "monitor" ceph -c "$conf" --connect-timeout 2 mon stat
     step "monitor answers"
@@ -112,11 +116,11 @@ EOF
     osd_id=$(ceph -c "$conf" osd create)
     mkdir -p "$DIR/osd/ceph-$osd_id"
     ceph-osd -c "$conf" -i "$osd_id" --mkfs >/dev/null 2>&1 || die "ceph-osd --mkfs failed; see $DIR/log"
-    ceph-osd -c "$conf" -i "$osd_id" 2>>"$DIR/log/daemons.stderr"
+    ceph-osd -c "$conf" -i "$osd_id" >>"$DIR/log/daemons.out" 2>&1
     step "osd started"
     wait_for 30 "OSD up" bash -c "ceph -c '$conf' osd stat -f json | grep -q '\"num_up_osds\":1'"
     step "osd up"
-    radosgw -c "$conf" -n client.rgw.test 2>>"$DIR/log/daemons.stderr"
+    radosgw -c "$conf" -n client.rgw.test >>"$DIR/log/daemons.out" 2>&1
     wait_for 60 "radosgw on port $rgw_port" \
         python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$rgw_port/', timeout=2)"
     step "radosgw answers"
@@ -127,6 +131,9 @@ EOF
     radosgw-admin -c "$conf" -n client.rgw.test --admin-socket= user create --uid=snaptest --display-name="snap tests" \
         --access-key="$access" --secret-key="$secret" >/dev/null
     step "user created"
+    if [[ -n "${CEPH_RGW_WATCH_PID:-}" ]]; then
+        setsid bash "$0" watch "$DIR" "$CEPH_RGW_WATCH_PID" </dev/null >/dev/null 2>&1 &
+    fi
     printf 'CEPH_RGW_ENDPOINT=http://127.0.0.1:%s\nCEPH_RGW_ACCESS_KEY=%s\nCEPH_RGW_SECRET_KEY=%s\n' \
         "$rgw_port" "$access" "$secret"
 }
@@ -139,24 +146,22 @@ alive() {  # a zombie (state Z) has exited; only its parent can reap it
 
 stop() {
     [[ -d "$DIR/run" ]] || { rm -rf "$DIR"; return 0; }
-    local pidfile pid
+    # Read every pid first: daemons remove their pid files while they shut down.
+    local pidfile pid pids=()
     for pidfile in "$DIR"/run/client.rgw.test.pid "$DIR"/run/osd.*.pid "$DIR"/run/mon.*.pid; do
-        [[ -f "$pidfile" ]] || continue
-        pid=$(cat "$pidfile")
-        kill "$pid" 2>/dev/null || true
+        pid=$(cat "$pidfile" 2>/dev/null) && pids+=("$pid")
     done
-    # Give the daemons a moment to go, then make sure (by pid, never by name).
-    for _ in $(seq 50); do
-        local alive=0
-        for pidfile in "$DIR"/run/*.pid; do
-            [[ -f "$pidfile" ]] && alive "$(cat "$pidfile")" && alive=1
-        done
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # Give the daemons a moment to go, then make sure (by pid, never by name). All data is in
+    # RAM and thrown away, so there is no point in waiting long for a clean shutdown.
+    local _ alive
+    for _ in $(seq 10); do
+        alive=0
+        for pid in "${pids[@]}"; do alive "$pid" && alive=1; done
         ((alive)) || break
         sleep 0.1
     done
-    for pidfile in "$DIR"/run/*.pid; do
-        [[ -f "$pidfile" ]] && alive "$(cat "$pidfile")" && kill -9 "$(cat "$pidfile")" 2>/dev/null || true
-    done
+    for pid in "${pids[@]}"; do alive "$pid" && kill -9 "$pid" 2>/dev/null; done
     rm -rf "$DIR"
 }
 
@@ -165,6 +170,9 @@ DIR=${2:-}
 [[ -n "$cmd" && -n "$DIR" ]] || die "usage: $0 start|stop DIR [RGW_PORT [MON_PORT]]"
 case "$cmd" in
     start) shift 2; start "$@" ;;
+    watch)  # internal: stop the cluster in DIR once process $3 is gone (or DIR was removed)
+        while [[ -d "$DIR/run" ]] && kill -0 "${3:?}" 2>/dev/null; do sleep 1; done
+        stop ;;
     stop) stop ;;
     *) die "unknown command $cmd (start|stop)" ;;
 esac

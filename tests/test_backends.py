@@ -1,0 +1,586 @@
+"""The storage contract (dedupe/backends/base.py) on every backend, and the backend wrappers.
+
+Runs on a local directory, moto's S3 server and Ceph RGW (see conftest.py), all for real: the
+S3 tests speak HTTP to servers on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from dedupe.backends import (
+    CountingBackend,
+    FaultInjectingBackend,
+    LocalBackend,
+    RetryBackend,
+    open_backend,
+    pack_name,
+    request_counts,
+    wrap_backend,
+)
+from dedupe.backends.s3 import S3Backend, parse_s3_url
+from dedupe.errors import (
+    AlreadyExists,
+    BackendConfigError,
+    NotFound,
+    PermissionDenied,
+    TransientError,
+)
+
+MiB = 1024 * 1024
+
+
+def hexid(rng: random.Random) -> str:
+    return "%064x" % rng.getrandbits(256)
+
+
+def names_in(backend: Any, namespace: str) -> dict[str, int]:
+    return {o.name: o.size for o in backend.list(namespace)}
+
+
+# ------------------------------------------------------------------------------ the contract
+
+
+def test_put_get_stat_list_delete(backend):
+    backend.put("config", b"the config")
+    backend.put("keys/k1", b"key one")
+    assert backend.get("config") == b"the config"
+    assert backend.stat("keys/k1").size == 7
+    assert backend.stat("keys/k1").name == "keys/k1"
+    assert names_in(backend, "keys") == {"keys/k1": 7}
+    backend.delete("keys/k1")
+    assert names_in(backend, "keys") == {}
+    with pytest.raises(NotFound):
+        backend.get("keys/k1")
+
+
+def test_ranged_get(backend):
+    data = bytes(range(256)) * 4
+    backend.put("index/i", data)
+    assert backend.get("index/i", 10, 5) == data[10:15]
+    assert backend.get("index/i", 1000) == data[1000:]
+    assert backend.get("index/i", 1020, 100) == data[1020:]  # fewer: the object ends first
+    assert backend.get("index/i", len(data), 10) == b""
+    assert backend.get("index/i", 5, 0) == b""
+    assert backend.get("index/i", 0, len(data)) == data
+
+
+def test_empty_object(backend):
+    backend.put("locks/empty", b"")
+    assert backend.get("locks/empty") == b""
+    assert backend.stat("locks/empty").size == 0
+
+
+def test_put_never_overwrites(backend):
+    backend.put("snapshots/s1", b"first")
+    with pytest.raises(AlreadyExists) as err:
+        backend.put("snapshots/s1", b"second, longer")
+    assert err.value.name == "snapshots/s1"
+    with pytest.raises(AlreadyExists):
+        backend.put("snapshots/s1", b"first")
+    assert backend.get("snapshots/s1") == b"first"
+
+
+def test_missing_objects_raise_not_found(backend):
+    for call in (lambda: backend.get("config"), lambda: backend.get("data/00/" + "0" * 64, 5, 5),
+                 lambda: backend.stat("index/nope"), lambda: backend.delete("locks/nope")):
+        with pytest.raises(NotFound) as err:
+            call()
+        assert err.value.name is not None
+
+
+def test_invalid_names_are_refused(backend):
+    for bad in ("../config", "data", "other/x", "data//x", "data/../config", "/config"):
+        with pytest.raises(ValueError):
+            backend.put(bad, b"x")
+    with pytest.raises(ValueError):
+        list(backend.list("nonsense"))
+
+
+def test_sharded_names_and_empty_namespaces(backend):
+    rng = random.Random(1)
+    ids = [hexid(rng) for _ in range(20)] + ["00" + "1" * 62, "ff" + "2" * 62]
+    for i, pid in enumerate(ids):
+        backend.put(pack_name(pid), b"p" * i, bulk=True)
+    assert names_in(backend, "data") == {pack_name(pid): i for i, pid in enumerate(ids)}
+    for namespace in ("keys", "snapshots", "index", "locks"):
+        assert names_in(backend, namespace) == {}
+
+
+def test_sibling_location_is_separate(repo_location, backend, make_backend):
+    # "repo" and "repo2" share a prefix as strings; neither may see the other's objects.
+    sibling = make_backend(repo_location.url + "2")
+    backend.put("keys/a", b"a")
+    sibling.put("keys/b", b"bb")
+    assert names_in(backend, "keys") == {"keys/a": 1}
+    assert names_in(sibling, "keys") == {"keys/b": 2}
+
+
+def test_concurrent_puts_from_threads(backend):
+    rng = random.Random(2)
+    payloads = {pack_name(hexid(rng)): os.urandom(rng.randrange(1, 5000)) for _ in range(48)}
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda item: backend.put(item[0], item[1], bulk=True), payloads.items()))
+    assert names_in(backend, "data") == {n: len(d) for n, d in payloads.items()}
+    with ThreadPoolExecutor(8) as pool:
+        got = dict(pool.map(lambda n: (n, backend.get(n)), payloads))
+    assert got == payloads
+
+
+def test_racing_puts_of_one_name_store_exactly_one(backend):
+    contenders = [bytes([i]) * 100 for i in range(8)]
+    barrier = threading.Barrier(len(contenders))
+    outcomes: list[str] = []
+
+    def race(data: bytes) -> None:
+        barrier.wait()
+        try:
+            backend.put("locks/race", data)
+            outcomes.append("stored")
+        except AlreadyExists:
+            outcomes.append("exists")
+
+    threads = [threading.Thread(target=race, args=(d,)) for d in contenders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["exists"] * 7 + ["stored"]
+    assert backend.get("locks/race") in contenders
+
+
+def test_large_object_goes_up_whole(repo_location, make_backend):
+    # Small thresholds so that S3 uses a three-part multipart upload (5 MiB is S3's minimum).
+    b = make_backend(multipart_threshold=6 * MiB, part_size=5 * MiB)
+    data = os.urandom(12 * MiB + 123)
+    before = request_counts(b)
+    b.put("data/ab/" + "ab" * 32, data, bulk=True)
+    after = request_counts(b)
+    assert b.get("data/ab/" + "ab" * 32) == data
+    assert b.get("data/ab/" + "ab" * 32, 5 * MiB - 10, 20) == data[5 * MiB - 10:5 * MiB + 10]
+    with pytest.raises(AlreadyExists):
+        b.put("data/ab/" + "ab" * 32, data, bulk=True)
+    if repo_location.is_s3:
+        assert after["PUT"] - before["PUT"] == 3  # three parts
+        assert after["other"] - before["other"] == 2  # create + complete
+        uploads = repo_location.server.client().list_multipart_uploads(Bucket=repo_location.bucket)
+        assert not uploads.get("Uploads")
+
+
+# ------------------------------------------------------------------------------ S3 specifics
+
+
+def s3_only(repo_location) -> None:
+    if not repo_location.is_s3:
+        pytest.skip("S3 only")
+
+
+def test_failed_multipart_upload_is_aborted(repo_location, make_backend):
+    s3_only(repo_location)
+    import botocore.exceptions
+
+    b = make_backend(multipart_threshold=6 * MiB, part_size=5 * MiB)
+    calls = []
+
+    def drop_second_part(**kwargs):  # the connection breaks while sending part 2
+        calls.append(1)
+        if len(calls) == 2:
+            raise botocore.exceptions.ConnectionClosedError(endpoint_url=repo_location.server.endpoint)
+
+    b._client.meta.events.register("before-send.s3.UploadPart", drop_second_part)
+    with pytest.raises(TransientError):
+        b.put("data/cd/" + "cd" * 32, os.urandom(12 * MiB), bulk=True)
+    with pytest.raises(NotFound):
+        b.stat("data/cd/" + "cd" * 32)
+    client = repo_location.server.client()
+    assert not client.list_multipart_uploads(Bucket=repo_location.bucket).get("Uploads")
+
+
+def test_missing_bucket_is_named_in_the_error(repo_location):
+    s3_only(repo_location)
+    bucket = repo_location.server.new_bucket(create=False)
+    b = open_backend(repo_location.server.url(bucket))
+    try:
+        for call in (lambda: b.stat("config"), lambda: b.get("config"),
+                     lambda: list(b.list("keys")), lambda: b.put("config", b"x")):
+            with pytest.raises(BackendConfigError, match=f"bucket '{bucket}' does not exist.*snap init"):
+                call()
+        assert b.create_bucket_if_missing() is True
+        assert b.create_bucket_if_missing() is False
+        b.put("config", b"x")
+        assert b.get("config") == b"x"
+    finally:
+        b.close()
+
+
+def test_bad_credentials_are_permission_denied(repo_location, monkeypatch):
+    s3_only(repo_location)
+    if not repo_location.server.checks_credentials:
+        pytest.skip(f"{repo_location.kind} accepts any credentials")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-" + repo_location.server.secret_key)
+    b = open_backend(repo_location.url)
+    try:
+        for call in (lambda: b.stat("config"), lambda: b.get("config"),
+                     lambda: b.put("config", b"x"), lambda: list(b.list("keys"))):
+            with pytest.raises(PermissionDenied) as err:
+                call()
+            assert "wrong-" not in str(err.value)  # the secret never shows
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "UNKNOWNKEY0000000000")
+        b2 = open_backend(repo_location.url)
+        with pytest.raises(PermissionDenied, match="AWS_ACCESS_KEY_ID"):
+            b2.get("config")
+        b2.close()
+    finally:
+        b.close()
+
+
+def test_storage_class_applies_to_data_packs_only(repo_location, make_backend):
+    s3_only(repo_location)
+    b = make_backend(storage_class="standard_ia")
+    client = repo_location.server.client()
+    b.put("index/meta", b"metadata stays STANDARD")
+    head = client.head_object(Bucket=repo_location.bucket, Key="repo/index/meta")
+    assert head.get("StorageClass", "STANDARD") == "STANDARD"
+    if repo_location.kind == "ceph":
+        # RGW knows only the storage classes its placement targets define (here: STANDARD).
+        with pytest.raises(BackendConfigError, match="storage class STANDARD_IA"):
+            b.put("data/aa/" + "a" * 64, b"pack", bulk=True)
+        return
+    b.put("data/aa/" + "a" * 64, b"pack", bulk=True)
+    head = client.head_object(Bucket=repo_location.bucket, Key="repo/data/aa/" + "a" * 64)
+    assert head["StorageClass"] == "STANDARD_IA"
+
+
+def test_conditional_put_is_enforced_by_the_server(repo_location, backend):
+    s3_only(repo_location)
+    assert backend.probe_conditional_put() is True
+    assert names_in(backend, "locks") == {}
+
+
+def test_head_before_put_when_server_lacks_conditional_put(repo_location, make_backend):
+    s3_only(repo_location)
+    from botocore.awsrequest import AWSResponse
+
+    class Raw:  # the body of a canned HTTP reply
+        def __init__(self, body: bytes) -> None:
+            self.body = body
+
+        def stream(self, *args: Any, **kwargs: Any):
+            yield self.body
+
+    def answer_501(request, **kwargs):
+        # What a server without conditional writes says (AWS's reply for unknown features).
+        if request.headers.get("If-None-Match"):
+            body = (b"<?xml version='1.0'?><Error><Code>NotImplemented</Code>"
+                    b"<Message>A header you provided implies functionality that is not "
+                    b"implemented</Message></Error>")
+            return AWSResponse(request.url, 501, {}, Raw(body))
+        return None
+
+    b = make_backend()
+    b._client.meta.events.register_first("before-send.s3.PutObject", answer_501)
+    b.put("keys/one", b"1")
+    assert b.get("keys/one") == b"1"
+    with pytest.raises(AlreadyExists):
+        b.put("keys/one", b"2")
+    assert b.get("keys/one") == b"1"
+    counts = request_counts(b)
+    # put #1: refused PUT (501, counted though answered locally), HEAD, PUT;
+    # put #2: HEAD only (If-None-Match is not tried again)
+    assert counts["PUT"] == 2 and counts["HEAD"] == 2
+
+    forced = make_backend(conditional_put=False)
+    with pytest.raises(AlreadyExists):
+        forced.put("keys/one", b"3")
+    forced.put("keys/two", b"2")
+    assert forced.get("keys/two") == b"2"
+
+
+def test_lifecycle_rule_keeps_other_rules(repo_location, backend):
+    s3_only(repo_location)
+    client = repo_location.server.client()
+    other = {"ID": "someone-elses", "Status": "Enabled", "Filter": {"Prefix": "elsewhere/"},
+             "Expiration": {"Days": 30}}
+    client.put_bucket_lifecycle_configuration(Bucket=repo_location.bucket,
+                                              LifecycleConfiguration={"Rules": [other]})
+    backend.install_lifecycle_rule(days=3)
+    backend.install_lifecycle_rule(days=2)  # replaces its own rule, does not add a second
+    rules = client.get_bucket_lifecycle_configuration(Bucket=repo_location.bucket)["Rules"]
+    assert "someone-elses" in [r["ID"] for r in rules]
+    ours = [r for r in rules if r["ID"].startswith("snap-")]
+    assert len(ours) == 1
+    assert ours[0]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 2}
+
+
+def test_endpoint_from_environment(repo_location, monkeypatch):
+    s3_only(repo_location)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", repo_location.server.endpoint)
+    b = open_backend(f"s3:{repo_location.bucket}/via-env")
+    try:
+        assert b.location == f"s3:{repo_location.bucket}/via-env"
+        b.put("config", b"c")
+        head = repo_location.server.client().head_object(Bucket=repo_location.bucket,
+                                                         Key="via-env/config")
+        assert head["ContentLength"] == 1
+    finally:
+        b.close()
+
+
+def test_unreachable_endpoint_is_transient():
+    b = S3Backend.from_url("s3:http://127.0.0.1:9/bucket/p", connect_timeout=2)
+    try:
+        with pytest.raises(TransientError, match="cannot connect to http://127.0.0.1:9"):
+            b.stat("config")
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("url, bucket, prefix, endpoint", [
+    ("s3:bucket", "bucket", "", None),
+    ("s3:my-bucket/some/prefix/", "my-bucket", "some/prefix", None),
+    ("s3://my.bucket/p", "my.bucket", "p", None),
+    ("s3:http://127.0.0.1:9000/b-1/repo", "b-1", "repo", "http://127.0.0.1:9000"),
+    ("s3:https://s3.example.com/bkt", "bkt", "", "https://s3.example.com"),
+    ("s3:http://[::1]:9000/bkt/x", "bkt", "x", "http://[::1]:9000"),
+])
+def test_s3_url_forms(url, bucket, prefix, endpoint):
+    loc = parse_s3_url(url)
+    assert (loc.bucket, loc.prefix, loc.endpoint) == (bucket, prefix, endpoint)
+
+
+@pytest.mark.parametrize("url, message", [
+    ("s3:", "no bucket"),
+    ("s3:http://127.0.0.1:9000/", "no bucket"),
+    ("s3:http:///bucket", "no host"),
+    ("s3:http://host:notaport/bucket", "invalid port"),
+    ("s3:Bad_Bucket!/x", "invalid bucket name"),
+    ("s3:ab/x", "invalid bucket name"),
+    ("s3:bucket/a//b", "invalid prefix"),
+    ("s3:bucket/a/../b", "invalid prefix"),
+    ("s3:s3.amazonaws.com/bucket/x", "names the host"),
+    ("s3:http://host/bucket?x=1", "unexpected"),
+])
+def test_malformed_s3_urls(url, message):
+    with pytest.raises(BackendConfigError, match=message):
+        open_backend(url)
+
+
+def test_credentials_in_url_are_refused_without_echo():
+    with pytest.raises(BackendConfigError) as err:
+        open_backend("s3:http://AKIDEXAMPLE:TopSecret123@127.0.0.1:9000/bucket")
+    assert "TopSecret123" not in str(err.value) and "AWS_ACCESS_KEY_ID" in str(err.value)
+
+
+@pytest.mark.parametrize("cls", ["GLACIER", "deep_archive"])
+def test_archive_storage_classes_are_refused(cls):
+    with pytest.raises(BackendConfigError, match="GLACIER_IR"):
+        open_backend("s3:http://127.0.0.1:9/bucket", storage_class=cls)
+
+
+def test_unknown_storage_class_is_refused():
+    with pytest.raises(BackendConfigError, match="unknown S3 storage class"):
+        open_backend("s3:bucket", storage_class="CHEAP")
+
+
+# ------------------------------------------------------------------------------ request counts
+
+
+def test_request_counts(repo_location, backend):
+    wrapped = wrap_backend(backend)
+    wrapped.put("keys/k", b"key")
+    wrapped.get("keys/k")
+    wrapped.get("keys/k", 1, 1)
+    wrapped.stat("keys/k")
+    assert [o.name for o in wrapped.list("keys")] == ["keys/k"]
+    wrapped.delete("keys/k")
+    counts = request_counts(wrapped)
+    if repo_location.is_s3:  # real HTTP requests: delete is HEAD + DELETE
+        assert counts == {"PUT": 1, "GET": 2, "HEAD": 2, "LIST": 1, "DELETE": 1, "other": 0}
+    else:  # protocol calls
+        assert counts == {"PUT": 1, "GET": 2, "HEAD": 1, "LIST": 1, "DELETE": 1, "other": 0}
+
+
+def test_request_counts_of_bare_backends(tmp_path):
+    assert request_counts(LocalBackend(str(tmp_path))) == dict.fromkeys(
+        ("PUT", "GET", "HEAD", "LIST", "DELETE", "other"), 0)
+    counting = CountingBackend(LocalBackend(str(tmp_path)))
+    counting.put("keys/x", b"x")
+    assert request_counts(RetryBackend(counting))["PUT"] == 1
+
+
+# ------------------------------------------------------------------------------ wrappers
+
+
+class Scripted:
+    """Test helper: fails chosen calls of the real backend under it, in a fixed order.
+
+    ``plan`` maps an operation to a list of outcomes for its successive calls: "ok", "before"
+    (TransientError, nothing done) or "after" (done, then TransientError, as a lost reply).
+    """
+
+    def __init__(self, inner: Any, **plan: list[str]) -> None:
+        self.inner = inner
+        self.location = inner.location
+        self.plan = {op: list(outcomes) for op, outcomes in plan.items()}
+        self.calls: dict[str, int] = {}
+
+    def _run(self, op: str, fn):
+        self.calls[op] = self.calls.get(op, 0) + 1
+        outcome = self.plan.get(op, []).pop(0) if self.plan.get(op) else "ok"
+        if outcome == "before":
+            raise TransientError(f"scripted {op} failure", None)
+        result = fn()
+        if outcome == "after":
+            raise TransientError(f"scripted {op} failure after success", None)
+        return result
+
+    def put(self, name, data, bulk=False):
+        return self._run("put", lambda: self.inner.put(name, data, bulk))
+
+    def get(self, name, offset=0, length=None):
+        return self._run("get", lambda: self.inner.get(name, offset, length))
+
+    def stat(self, name):
+        return self._run("stat", lambda: self.inner.stat(name))
+
+    def list(self, namespace):
+        return self._run("list", lambda: self.inner.list(namespace))
+
+    def delete(self, name):
+        return self._run("delete", lambda: self.inner.delete(name))
+
+    def close(self):
+        self.inner.close()
+
+
+def retrying(inner: Any, attempts: int = 4) -> tuple[RetryBackend, list[float]]:
+    sleeps: list[float] = []
+    return RetryBackend(inner, attempts=attempts, base_delay=0.5, max_delay=1.5,
+                        sleep=sleeps.append, seed=3), sleeps
+
+
+def test_retry_recovers_from_transient_errors_with_bounded_jittered_backoff(backend):
+    backend.put("keys/k", b"value")
+    flaky = Scripted(backend, get=["before", "before", "before"])
+    r, sleeps = retrying(flaky)
+    assert r.get("keys/k") == b"value"
+    assert flaky.calls["get"] == 4
+    assert len(sleeps) == 3
+    for attempt, delay in enumerate(sleeps):  # full jitter within the exponential cap
+        assert 0.0 <= delay <= min(1.5, 0.5 * 2 ** attempt)
+
+
+def test_retry_gives_up_after_its_attempts(backend):
+    backend.put("keys/k", b"value")
+    flaky = Scripted(backend, stat=["before"] * 10)
+    r, sleeps = retrying(flaky, attempts=3)
+    with pytest.raises(TransientError):
+        r.stat("keys/k")
+    assert flaky.calls["stat"] == 3 and len(sleeps) == 2
+
+
+def test_retry_passes_permanent_errors_at_once(backend):
+    counting = CountingBackend(backend)
+    r, sleeps = retrying(counting)
+    with pytest.raises(NotFound):
+        r.get("keys/missing")
+    r.put("keys/k", b"v")
+    with pytest.raises(AlreadyExists):  # no transient failure before: a real conflict
+        r.put("keys/k", b"v")
+    assert sleeps == []
+    assert counting.counts()["GET"] == 1 and counting.counts()["PUT"] == 2
+
+
+def test_retry_of_put_stored_before_its_reply_was_lost_succeeds(backend):
+    r, _ = retrying(Scripted(backend, put=["after"]))
+    r.put("data/ab/" + "ab" * 32, b"pack bytes", bulk=True)
+    assert backend.get("data/ab/" + "ab" * 32) == b"pack bytes"
+
+
+def test_retry_of_put_meeting_a_different_object_fails(backend):
+    backend.put("snapshots/s", b"someone else's, longer")
+    r, _ = retrying(Scripted(backend, put=["before"]))
+    with pytest.raises(AlreadyExists):
+        r.put("snapshots/s", b"mine")
+    assert backend.get("snapshots/s") == b"someone else's, longer"
+
+
+def test_retry_of_delete_done_before_its_reply_was_lost_succeeds(backend):
+    backend.put("locks/l", b"lock")
+    r, _ = retrying(Scripted(backend, delete=["after"]))
+    r.delete("locks/l")
+    with pytest.raises(NotFound):
+        backend.stat("locks/l")
+    with pytest.raises(NotFound):  # without an earlier failure, NotFound is real
+        r.delete("locks/l")
+
+
+def test_retry_of_list_broken_midway_yields_each_name_once(backend):
+    for i in range(12):
+        backend.put(f"index/{i:02d}", b"i")
+    r, sleeps = retrying(_ListsBreakMidway(backend, after=[5, 0, 9]), attempts=5)
+    listed = [o.name for o in r.list("index")]
+    assert sorted(listed) == [f"index/{i:02d}" for i in range(12)]  # each once
+    assert len(sleeps) == 3
+
+
+class _ListsBreakMidway:
+    """The first listings break off after handing out ``after[i]`` entries."""
+
+    def __init__(self, inner: Any, after: list[int]) -> None:
+        self.inner, self.after = inner, list(after)
+        self.location = inner.location
+
+    def list(self, namespace):
+        if not self.after:
+            yield from self.inner.list(namespace)
+            return
+        limit = self.after.pop(0)
+        for i, info in enumerate(self.inner.list(namespace)):
+            if i == limit:
+                break
+            yield info
+        raise TransientError("listing broke off", namespace)
+
+
+def test_fault_injection_with_retries_completes_every_operation(repo_location, backend):
+    faulty = FaultInjectingBackend(backend, error_rate=0.05, seed=42)
+    r = RetryBackend(faulty, attempts=8, base_delay=0.001, max_delay=0.01, seed=1)
+    rng = random.Random(7)
+    objects = {pack_name(hexid(rng)): os.urandom(rng.randrange(0, 3000)) for _ in range(150)}
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda item: r.put(item[0], item[1], bulk=True), objects.items()))
+        got = dict(pool.map(lambda n: (n, r.get(n)), objects))
+        parts = dict(pool.map(lambda n: (n, r.get(n, 1, 10)), objects))
+    assert got == objects
+    assert parts == {n: d[1:11] for n, d in objects.items()}
+    assert names_in(r, "data") == {n: len(d) for n, d in objects.items()}
+    for name in list(objects)[:50]:
+        r.delete(name)
+    assert len(names_in(backend, "data")) == 100
+    assert sum(faulty.injected.values()) > 0
+    assert faulty.injected["put:after"] > 0  # the case that needs the AlreadyExists logic
+    assert r.retries >= sum(faulty.injected.values())
+
+
+def test_fault_injector_rejects_bad_settings(backend):
+    with pytest.raises(ValueError):
+        FaultInjectingBackend(backend, error_rate=1.5)
+    with pytest.raises(ValueError):
+        FaultInjectingBackend(backend, ops=["put", "frobnicate"])
+
+
+def test_wrappers_pass_backend_extras_through(repo_location, backend):
+    wrapped = wrap_backend(backend, fault_rate=0.01, fault_seed=1)
+    assert wrapped.location == backend.location
+    if repo_location.is_s3:
+        assert wrapped.create_bucket_if_missing() is False  # reached through three wrappers
+    else:
+        with pytest.raises(AttributeError):
+            wrapped.create_bucket_if_missing()
