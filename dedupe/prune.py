@@ -98,10 +98,14 @@ class Pruner:
         self._event = on_event or (lambda msg: None)
 
     # ------------------------------------------------------------------ planning
-    def _usage(self, used: set[bytes]) -> dict[bytes, PackUsage]:
+    def _usage(self, used: set[bytes], marked: set[bytes]) -> dict[bytes, PackUsage]:
+        """Per-pack used/unused bytes. Of a blob stored several times, the copy kept is one
+        outside marked packs when there is one, so marked packs drain instead of refilling."""
         packs: dict[bytes, PackUsage] = defaultdict(PackUsage)
         kept: set[bytes] = set()
-        for bid, loc in self.repo.index.iter_blobs():
+        blobs = list(self.repo.index.iter_blobs())
+        blobs.sort(key=lambda b: b[1].pack_id in marked)  # stable: unmarked copies first
+        for bid, loc in blobs:
             u = packs[loc.pack_id]
             u.size += loc.length
             u.blob_type = loc.type
@@ -188,7 +192,7 @@ class Pruner:
         # (3) a fresh index: every listed snapshot's index files exist by now
         repo.reload_index()
         used = used_blobs(repo, snapshots)
-        usage = self._usage(used)
+        usage = self._usage(used, marked={p for m in markers for p in m.packs})
         index_ids = repo.index_ids()
         # (4) packs in storage
         stored = {bytes.fromhex(o.name.rsplit("/", 1)[1]): o.size for o in repo.backend.list("data")}
