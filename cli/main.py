@@ -16,7 +16,8 @@ from .app import App
 from .errors import EXIT_ERROR, EXIT_INTERRUPTED, describe, exit_code_for
 
 # One module per command (cli/cmd_<name>.py); each defines ``command``.
-COMMANDS = ["init", "key", "backup", "restore", "snapshots", "prune", "unlock"]
+COMMANDS = ["init", "key", "backup", "restore", "snapshots", "prune", "unlock", "ls", "find", "diff",
+            "dump", "cat", "stats", "tag"]
 
 
 class LazyGroup(click.Group):
