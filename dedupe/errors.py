@@ -95,3 +95,7 @@ class SourceError(SnapError):
 
 class Interrupted(SnapError):
     """The operation was cancelled (Ctrl-C, SIGTERM) before it finished."""
+
+
+class MountError(SnapError):
+    """A repository cannot be mounted (libfuse missing, the mount itself refused)."""
