@@ -4,7 +4,8 @@
 - appends to every live log, and one logrotate (log -> log.1 -> log.2, old .gz deleted),
 - inserts in the middle of the SQL dump (three places: content-defined chunking must resync
   after each shift and deduplicate the rest) plus an append,
-- in-place overwrites of about 2% of the VM image (64 KiB extents and scattered 4 KiB pages),
+- in-place overwrites in the VM image: 64 KiB extents and 4 KiB pages in a hot area of 2%,
+  plus four metadata pages elsewhere,
 - deletes (2%), renames (2%) and rewrites (1%) of binaries,
 - one source directory deleted and another renamed (its content must deduplicate),
 - new source files, new media files and a new package.
@@ -140,17 +141,24 @@ def mutate(root: Path, seed: int) -> dict:
         _rewrite_with_inserts(path, inserts, append)
         st["appended_bytes"] += len(append)
 
-    # VM images: in-place overwrites
+    # VM images: in-place overwrites, clustered as a guest's writes are (journal, databases,
+    # logs inside the guest land in a small hot area), plus a few metadata pages elsewhere
     for rel, size in files:
-        if not rel.endswith(".img") or size < 128 * 1024:
+        if not rel.endswith(".img") or size < 1 << 20:
             continue
+        hot_len = max(256 * 1024, size // 50) // 4096 * 4096
+        hot = rng.below((size - hot_len) // 4096 + 1) * 4096
         with open(root / rel, "r+b") as f:
-            for _ in range(max(1, size // (64 * 1024) // 50)):
-                f.seek(rng.below(size // (64 * 1024)) * 64 * 1024)
-                f.write(rng.bytes(64 * 1024))
-                st["overwritten_bytes"] += 64 * 1024
-            for _ in range(max(4, size // (4 * 1024) // 1000)):
-                f.seek(rng.below(size // 4096) * 4096)
+            for _ in range(16):
+                f.seek(hot + rng.below(max(1, (hot_len - 65536) // 4096)) * 4096)
+                f.write(rng.bytes(65536))
+                st["overwritten_bytes"] += 65536
+            for _ in range(16):
+                f.seek(hot + rng.below(hot_len // 4096) * 4096)
+                f.write(exe_like(rng, 4096))
+                st["overwritten_bytes"] += 4096
+            for offset in [0] + [rng.below(size // 4096) * 4096 for _ in range(3)]:
+                f.seek(offset)
                 f.write(exe_like(rng, 4096))
                 st["overwritten_bytes"] += 4096
 

@@ -87,7 +87,7 @@ class Measurer:
             step = json.loads(rusage.read_text())
         except (OSError, ValueError):
             step = {"rc": -9, "wall": self.timeout, "maxrss_kb": 0, "utime": 0, "stime": 0,
-                    "error": f"timed out after {self.timeout:.0f} s"}
+                    "error": f"timed out after {self.timeout:g} s"}
         step["argv"] = argv
         step["stdout"], step["stderr"] = stdout, stderr
         if step["rc"] != 0 and "error" not in step:
@@ -358,6 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     log(f"snap: {tools[0].description if tools[0].name == 'snap' else '-'}; "
         f"restic: {versions.get('restic', '-')}; cache: {cache_note}; logs: {log_dir}")
 
+    # pristine corpus + working copy + restore + two repositories (about 0.7x each) + slack
+    free = shutil.disk_usage(work).free
+    if free < 5 * size:
+        log(f"warning: {free / (1 << 30):.1f} GiB free under {work}; this run may need about "
+            f"{5 * size / (1 << 30):.1f} GiB (use --work-dir elsewhere)")
     pristine, corpus_stats = pristine_corpus(work, size, args.seed, args.regen)
     measurer = Measurer(log_dir, timeout, cache_mode)
     backends = ["local", "s3"] if args.backend == "both" else [args.backend]
@@ -378,7 +383,9 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(work / "repos" / f"{backend}-{tool.name}", ignore_errors=True)
     shutil.rmtree(work / "src", ignore_errors=True)
 
-    facts = {**report.machine_facts(), "restic": versions.get("restic", "-"),
+    facts = {"tools": ", ".join(t.name for t in tools) + ("" if len(tools) == 2 else
+                                                          " only (--tools)"),
+             **report.machine_facts(), "restic": versions.get("restic", "-"),
              "snap commit": versions.get("snap", "-"),
              "snap command": tools[0].description if tools[0].name == "snap" else "-",
              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -303,23 +303,17 @@ _LOG_ARGS = [
     lambda s, a, b, c, d: (s, a, b),
 ]
 
-_TIME_OF_DAY: list[str] = []
-_DAYS: dict[int, str] = {}
+_TIME_OF_DAY = np.array([f"{h:02d}:{m:02d}:{s:02d}" for h in range(24) for m in range(60)
+                         for s in range(60)], dtype=object)
 
 
-def _timestamps(times: list[int], sep: str) -> list[str]:
-    """``YYYY-MM-DD<sep>HH:MM:SS`` for each time, from lookup tables (formatting is the cost)."""
-    if not _TIME_OF_DAY:
-        _TIME_OF_DAY.extend(f"{h:02d}:{m:02d}:{s:02d}" for h in range(24) for m in range(60)
-                            for s in range(60))
-    out = []
-    for t in times:
-        day, rem = divmod(t, 86400)
-        name = _DAYS.get(day)
-        if name is None:
-            name = _DAYS[day] = _civil_date(day)
-        out.append(name + sep + _TIME_OF_DAY[rem])
-    return out
+def _timestamps(times: np.ndarray) -> tuple[list[str], list[str]]:
+    """(``YYYY-MM-DD``, ``HH:MM:SS``) lists for int64 epoch seconds, from lookup tables
+    (per-element formatting would dominate the cost of logs and dumps)."""
+    days = times // 86400
+    first = int(days.min())
+    names = np.array([_civil_date(d) for d in range(first, int(days.max()) + 1)], dtype=object)
+    return names[days - first].tolist(), _TIME_OF_DAY[times % 86400].tolist()
 
 
 def _civil_date(days: int) -> str:
@@ -347,16 +341,16 @@ def log_lines(rng: Rng, nbytes: int, start_time: int, service: str) -> tuple[byt
     t = start_time
     while total < nbytes:
         n = max(16, min(50000, (nbytes - total) // 90 + 1))
-        times = (np.cumsum(rng.indices(n, 30)) + t).tolist()
-        t = times[-1]
-        stamps = _timestamps(times, "T")
+        times = np.cumsum(rng.indices(n, 30)) + t
+        t = int(times[-1])
+        dates, tods = _timestamps(times)
         kinds = rng.indices(n, len(_LOG_MESSAGES)).tolist()
         nums = rng.indices(4 * n, 60000).reshape(n, 4).tolist()
         who = rng.indices(n, len(ids)).tolist()
         pids = rng.indices(n, len(prefixes)).tolist()
         lines = [
-            stamps[i] + prefixes[pids[i]]
-            + _LOG_MESSAGES[k] % _LOG_ARGS[k](ids[who[i]], *nums[i]) + "\n"
+            f"{dates[i]}T{tods[i]}{prefixes[pids[i]]}"
+            f"{_LOG_MESSAGES[k] % _LOG_ARGS[k](ids[who[i]], *nums[i])}\n"
             for i, k in enumerate(kinds)
         ]
         chunk = "".join(lines).encode()
@@ -380,7 +374,7 @@ CREATE TABLE public.accounts (
 );
 """
 
-_SQL_ROW = "(%d,'%s.%s@example.org','%s',%d,'%s',%d.%02d,'%s','%s')"
+_SQL_ROW = "(%d,'%s.%s@example.org','%s',%d,'%s %s',%d.%02d,'%s','%s')"
 _CAPITALS = {w: w.capitalize() for w in ENGLISH}
 
 
@@ -393,9 +387,9 @@ def sql_rows(rng: Rng, nbytes: int, first_id: int, start_time: int) -> tuple[byt
     t = start_time
     while total < nbytes:
         n = max(100, min(50000, (nbytes - total) // 110 + 100)) // 100 * 100
-        times = (np.cumsum(rng.indices(n, 97)) + t).tolist()
-        t = times[-1]
-        stamps = _timestamps(times, " ")
+        times = np.cumsum(rng.indices(n, 97)) + t
+        t = int(times[-1])
+        dates, tods = _timestamps(times)
         first = [ENGLISH[i] for i in rng.indices(n, len(ENGLISH)).tolist()]
         last = [IDENT_PARTS[i] for i in rng.indices(n, len(IDENT_PARTS)).tolist()]
         ages = (rng.indices(n, 70) + 18).tolist()
@@ -403,7 +397,7 @@ def sql_rows(rng: Rng, nbytes: int, first_id: int, start_time: int) -> tuple[byt
         status = [STATUSES[i] for i in rng.indices(n, len(STATUSES)).tolist()]
         token = rng.bytes(12 * n).hex()
         rows = [
-            _SQL_ROW % (ident + i, f, last[i], _CAPITALS[f], ages[i], stamps[i],
+            _SQL_ROW % (ident + i, f, last[i], _CAPITALS[f], ages[i], dates[i], tods[i],
                         money[i] // 100, money[i] % 100, status[i], token[24 * i : 24 * i + 24])
             for i, f in enumerate(first)
         ]
