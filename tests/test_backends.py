@@ -181,6 +181,86 @@ def s3_only(repo_location) -> None:
         pytest.skip("S3 only")
 
 
+class _RawBody:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def stream(self, *args: Any, **kwargs: Any):
+        yield self.body
+
+
+def canned_reply(request: Any, status: int, code: str, message: str = "") -> Any:
+    """An S3 error reply, for answers moto and Ceph do not give on demand. Returned from a
+    botocore ``before-send`` hook, it replaces the request on the wire; everything after it
+    (botocore's parser, our error mapping, the retry wrapper) runs as for a real reply."""
+    from botocore.awsrequest import AWSResponse
+
+    body = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+            f"<Message>{message}</Message></Error>").encode()
+    if request.method == "HEAD":
+        body = b""
+    return AWSResponse(request.url, status, {"Content-Type": "application/xml"}, _RawBody(body))
+
+
+def fail_first(backend: Any, operation: str, replies: list[tuple[int, str]]) -> None:
+    """Make the next len(replies) requests of ``operation`` get these (status, code) replies."""
+    pending = list(replies)
+
+    def hook(request, **kwargs):
+        if pending:
+            status, code = pending.pop(0)
+            return canned_reply(request, status, code)
+        return None
+
+    backend._client.meta.events.register_first(f"before-send.s3.{operation}", hook)
+
+
+@pytest.mark.parametrize("status, code", [
+    (503, "SlowDown"), (500, "InternalError"), (503, "ServiceUnavailable"),
+    (400, "RequestTimeout"), (400, "BadDigest"), (429, "TooManyRequests"),
+])
+def test_server_side_trouble_is_transient_and_retried(repo_location, make_backend, status, code):
+    s3_only(repo_location)
+    raw = make_backend()
+    raw.put("index/i", b"index bytes")
+    fail_first(raw, "GetObject", [(status, code)])
+    with pytest.raises(TransientError, match="temporary failure"):
+        raw.get("index/i")
+    fail_first(raw, "PutObject", [(status, code), (status, code)])
+    # (HEAD replies have no body; botocore reads a bare 400 on HEAD as a possible region
+    # mismatch and probes the bucket, so HEAD gets a 5xx here.)
+    fail_first(raw, "HeadObject", [(503, "")])
+    r, sleeps = retrying(raw)
+    r.put("index/j", b"more")
+    assert r.stat("index/j").size == 4
+    assert len(sleeps) == 3
+    assert raw.get("index/j") == b"more"
+
+
+@pytest.mark.parametrize("operation, status, code, error", [
+    ("GetObject", 403, "AccessDenied", PermissionDenied),
+    ("HeadObject", 403, "", PermissionDenied),
+    ("PutObject", 403, "InvalidAccessKeyId", PermissionDenied),
+    ("GetObject", 400, "ExpiredToken", PermissionDenied),
+    ("GetObject", 301, "PermanentRedirect", BackendConfigError),
+])
+def test_permanent_refusals_fail_fast(repo_location, make_backend, operation, status, code, error):
+    s3_only(repo_location)
+    raw = make_backend()
+    raw.put("index/i", b"index bytes")
+    fail_first(raw, operation, [(status, code)] * 10)
+    r, sleeps = retrying(raw)
+    call = {"GetObject": lambda: r.get("index/i"), "HeadObject": lambda: r.stat("index/i"),
+            "PutObject": lambda: r.put("index/k", b"k")}[operation]
+    before = request_counts(raw)
+    with pytest.raises(error) as err:
+        call()
+    assert raw.bucket in str(err.value)
+    assert sleeps == []  # not retried
+    if status != 301:  # (on a 301 botocore's region redirector first asks for the region)
+        assert sum(request_counts(raw).values()) - sum(before.values()) == 1
+
+
 def test_failed_multipart_upload_is_aborted(repo_location, make_backend):
     s3_only(repo_location)
     import botocore.exceptions
@@ -200,6 +280,38 @@ def test_failed_multipart_upload_is_aborted(repo_location, make_backend):
         b.stat("data/cd/" + "cd" * 32)
     client = repo_location.server.client()
     assert not client.list_multipart_uploads(Bucket=repo_location.bucket).get("Uploads")
+
+
+def test_every_put_carries_a_content_md5_the_server_checks(repo_location, make_backend):
+    s3_only(repo_location)
+    import base64
+    import hashlib
+
+    b = make_backend(multipart_threshold=6 * MiB, part_size=5 * MiB)
+    seen: list[tuple[str, bool]] = []
+
+    def inspect(request, event_name, **kwargs):
+        body = request.body if isinstance(request.body, bytes) else request.body.read()
+        if hasattr(request.body, "seek"):
+            request.body.seek(0)
+        expected = base64.b64encode(hashlib.md5(body).digest()).decode()
+        sent = request.headers.get("Content-MD5")
+        sent = sent.decode() if isinstance(sent, bytes) else sent
+        seen.append((event_name.rsplit(".", 1)[-1], sent == expected))
+
+    b._client.meta.events.register("before-send.s3.PutObject", inspect)
+    b._client.meta.events.register("before-send.s3.UploadPart", inspect)
+    b.put("keys/small", b"small")
+    b.put("data/ee/" + "e" * 64, os.urandom(11 * MiB), bulk=True)
+    assert seen == [("PutObject", True), ("UploadPart", True), ("UploadPart", True),
+                    ("UploadPart", True)]
+    if repo_location.server.checks_credentials:  # Ceph: the server does verify the digest
+        import botocore.exceptions
+
+        wrong = base64.b64encode(hashlib.md5(b"other bytes").digest()).decode()
+        with pytest.raises(botocore.exceptions.ClientError, match="BadDigest"):
+            repo_location.server.client().put_object(
+                Bucket=repo_location.bucket, Key="repo/keys/damaged", Body=b"bytes", ContentMD5=wrong)
 
 
 def test_missing_bucket_is_named_in_the_error(repo_location):
@@ -265,22 +377,11 @@ def test_conditional_put_is_enforced_by_the_server(repo_location, backend):
 
 def test_head_before_put_when_server_lacks_conditional_put(repo_location, make_backend):
     s3_only(repo_location)
-    from botocore.awsrequest import AWSResponse
-
-    class Raw:  # the body of a canned HTTP reply
-        def __init__(self, body: bytes) -> None:
-            self.body = body
-
-        def stream(self, *args: Any, **kwargs: Any):
-            yield self.body
-
     def answer_501(request, **kwargs):
         # What a server without conditional writes says (AWS's reply for unknown features).
         if request.headers.get("If-None-Match"):
-            body = (b"<?xml version='1.0'?><Error><Code>NotImplemented</Code>"
-                    b"<Message>A header you provided implies functionality that is not "
-                    b"implemented</Message></Error>")
-            return AWSResponse(request.url, 501, {}, Raw(body))
+            return canned_reply(request, 501, "NotImplemented",
+                                "A header you provided implies functionality that is not implemented")
         return None
 
     b = make_backend()
