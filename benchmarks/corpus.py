@@ -147,13 +147,14 @@ def gen_etc(w: Writer, budget: int, pools: dict) -> None:
         d = rng.choice(dirs)
         kind = rng.below(20)
         if kind == 0:  # private keys: random, owner-only
-            w.write(f"{d}/{names[i]}.key", w.rng("f", d, i).bytes(size // 4 * 3).hex().encode()[:size],
-                    0o600, "etc")
+            key = w.rng("f", d, i).bytes(size // 4 * 3).hex().encode()[:size]
+            w.write(f"{d}/{names[i]}.key", key, 0o600, "etc")
         elif kind == 1:  # scripts
             text = b"#!/bin/sh\nset -e\n" + pools["conf"].text(w.rng("f", d, i), size)
             w.write(f"{d}/{names[i]}.sh", text, 0o755, "etc")
         else:
-            w.write(f"{d}/{names[i]}.conf", pools["conf"].text(w.rng("f", d, i), size), 0o644, "etc")
+            text = pools["conf"].text(w.rng("f", d, i), size)
+            w.write(f"{d}/{names[i]}.conf", text, 0o644, "etc")
 
 
 def gen_home(w: Writer, budget: int, pools: dict) -> None:
@@ -168,8 +169,8 @@ def gen_home(w: Writer, budget: int, pools: dict) -> None:
             w.write(f"home/{user}/{sub}/{names[i]}.pdf", w.rng("f", "home", i).bytes(size), 0o644,
                     "home")
         else:
-            w.write(f"home/{user}/{sub}/{names[i]}.md", pools["md"].text(w.rng("f", "home", i), size),
-                    0o644, "home")
+            text = pools["md"].text(w.rng("f", "home", i), size)
+            w.write(f"home/{user}/{sub}/{names[i]}.md", text, 0o644, "home")
 
 
 def gen_project(w: Writer, name: str, lang: str, budget: int, pools: dict) -> None:
@@ -192,7 +193,8 @@ def gen_project(w: Writer, name: str, lang: str, budget: int, pools: dict) -> No
         w.write(f"{d}/{names[i]}{ext}", header + pools[lang].text(r, size), 0o644, "srv")
 
 
-def gen_binaries(w: Writer, section: str, folder: str, budget: int, classes, kind: str) -> list[str]:
+def gen_binaries(w: Writer, section: str, folder: str, budget: int, classes,
+                 kind: str) -> list[str]:
     rng = w.rng("bin", folder)
     sizes = _files_for(budget, rng, classes)
     names = _names(rng.child("names"), len(sizes))

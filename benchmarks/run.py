@@ -72,7 +72,8 @@ class Measurer:
     def run(self, name: str, argv: list[str], env: dict[str, str], cwd: Path) -> dict:
         base = self.log_dir / name
         rusage = base.with_suffix(".rusage.json")
-        with open(base.with_suffix(".out"), "wb") as out, open(base.with_suffix(".err"), "wb") as err:
+        out_path, err_path = base.with_suffix(".out"), base.with_suffix(".err")
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
             proc = subprocess.Popen([sys.executable, "-I", "-S", str(MEASURE), str(rusage), *argv],
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
                                     cwd=cwd, start_new_session=True)
@@ -81,8 +82,8 @@ class Measurer:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        stdout = base.with_suffix(".out").read_text(errors="replace")
-        stderr = base.with_suffix(".err").read_text(errors="replace")
+        stdout = out_path.read_text(errors="replace")
+        stderr = err_path.read_text(errors="replace")
         try:
             step = json.loads(rusage.read_text())
         except (OSError, ValueError):
@@ -389,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
              "snap commit": versions.get("snap", "-"),
              "snap command": tools[0].description if tools[0].name == "snap" else "-",
              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-             "corpus": f"--size {size_label} --seed {args.seed}: {corpus_stats['bytes'] / (1 << 20):.1f} MiB, "
+             "corpus": f"--size {size_label} --seed {args.seed}: "
+                       f"{corpus_stats['bytes'] / (1 << 20):.1f} MiB, "
                        f"{corpus_stats['files']} files (generator v{GENERATOR_VERSION}, "
                        f"{corpus_stats['seconds']} s)",
              "page cache": cache_note,

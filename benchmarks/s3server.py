@@ -34,7 +34,8 @@ class _CountingApp:
         method = environ.get("REQUEST_METHOD", "?")
         query = environ.get("QUERY_STRING", "")
         if method == "GET" and not key:
-            op = "LIST" if ("list-type" in query or "prefix" in query or not query) else "GET-bucket"
+            listing = "list-type" in query or "prefix" in query or not query
+            op = "LIST" if listing else "GET-bucket"
         elif method == "POST" and "delete" in query:
             op = "DELETE-multi"
         else:
