@@ -514,6 +514,7 @@ class Checker:
             self.progress.bytes_done += len(data)
             self.result.packs_read += 1
             self.result.bytes_read += len(data)
+            self.result.read_packs.append(name)
         return ok
 
     def _read_packs(self, packs: list[bytes]) -> list[bytes]:

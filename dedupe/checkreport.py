@@ -115,6 +115,7 @@ class CheckResult:
     subset: str | None = None  # what --read-data[-subset] selected
     selected_packs: int = 0
     state_object: str | None = None  # verification state written
+    read_packs: list[str] = field(default_factory=list)  # packs read in full (not in JSON)
     warnings: list[str] = field(default_factory=list)
     duration: float = 0.0
 

@@ -1,0 +1,358 @@
+"""check and repair on real repositories: damage is found, named and repaired.
+
+Repositories are real local directories (and, in one test, every configured backend). To get
+many packs from little data, the test saver closes packs at 64 KiB and writes an index file
+every 8 packs: the on-disk format is unchanged (pack size is a target, not a rule).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from dedupe.archiver import Archiver
+from dedupe.backends import LocalBackend, open_backend
+from dedupe.blobsaver import BlobSaver
+from dedupe.checker import CheckOptions, Checker
+from dedupe.config import Config
+from dedupe.crypto import KdfParams
+from dedupe.packs import BLOB_DATA
+from dedupe.repository import Repository
+from dedupe.restorer import Restorer
+from dedupe.subset import SubsetSpec
+from dedupe.walker import find_node, walk
+
+PW = b"check-test-pw"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = dict(chunk_min=4096, chunk_avg=16384, chunk_max=65536, pack_size=4 << 20)
+
+
+def small_packs(repo: Repository) -> Repository:
+    def saver(**kw):
+        s = BlobSaver(repo, index_batch=8, **kw)
+        s.pack_size = 64 << 10
+        return s
+    repo.new_saver = saver
+    return repo
+
+
+def write_tree(src: str, seed: int) -> None:
+    rnd = random.Random(seed)
+    for d in ("docs", "bin", "deep/a/b/c"):
+        os.makedirs(os.path.join(src, d), exist_ok=True)
+    for i in range(35):
+        with open(os.path.join(src, "bin", f"blob{i}.dat"), "wb") as f:
+            f.write(rnd.randbytes(rnd.randrange(20_000, 160_000)))
+    for i in range(15):
+        with open(os.path.join(src, "docs", f"note{i}.txt"), "wb") as f:
+            f.write(b"".join(b"line %d of note %d %d\n" % (j, i, rnd.randrange(10**6))
+                             for j in range(rnd.randrange(100, 3000))))
+    with open(os.path.join(src, "deep/a/b/c", "leaf.bin"), "wb") as f:
+        f.write(rnd.randbytes(90_000))
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """A repository with two snapshots and ~50 packs in several index files, made once."""
+    base = tmp_path_factory.mktemp("template")
+    src, repo_dir = str(base / "src"), str(base / "repo")
+    write_tree(src, 1)
+    repo = small_packs(Repository.init(LocalBackend(repo_dir), PW, Config(**SMALL),
+                                       kdf=KdfParams(1, 8 << 20), cache_root=str(base / "c")))
+    Archiver(repo).backup([src])
+    with open(os.path.join(src, "docs", "note0.txt"), "ab") as f:
+        f.write(b"an edit for the second snapshot\n" * 500)
+    Archiver(repo).backup([src])
+    return src, repo_dir
+
+
+@pytest.fixture
+def env(template, tmp_path):
+    """A private copy of the template repository, its source tree and a fresh cache."""
+    src, repo_dir = template
+    mine = str(tmp_path / "repo")
+    shutil.copytree(repo_dir, mine)
+    return src, mine, str(tmp_path / "cache")
+
+
+def open_repo(repo_dir: str, cache: str) -> Repository:
+    return Repository.open(open_backend(repo_dir), PW, cache_root=cache)
+
+
+def snap(repo_dir: str, cache: str, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SNAP_PASSWORD=PW.decode(), SNAP_CACHE_DIR=cache,
+               PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-m", "cli", "-r", repo_dir, *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def packs_of(repo_dir: str) -> list[str]:
+    out = []
+    for d, _, files in os.walk(os.path.join(repo_dir, "data")):
+        out += [os.path.join(d, f) for f in files]
+    return sorted(out)
+
+
+def blob_place(repo: Repository, src: str, rel: str):
+    """(snapshot path, blob id, location) of the first blob of source file ``rel``."""
+    latest = repo.find_snapshot("latest")
+    path = os.path.join(src, rel)
+    node = find_node(repo, latest.tree, path)
+    blob = node["content"][0]
+    return path, blob, repo.index.lookup(blob, BLOB_DATA)
+
+
+def digest(root: str) -> dict[str, str]:
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(d, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def restore_latest(repo: Repository, src: str, target: str) -> dict[str, str]:
+    Restorer(repo).restore(repo.find_snapshot("latest"), target)
+    return digest(os.path.join(target, *[c for c in src.split("/") if c]))
+
+
+# ---------------------------------------------------------------------------- clean
+
+
+def test_clean_repository_passes_structure_and_data_checks(env):
+    src, repo_dir, cache = env
+    r = snap(repo_dir, cache, "check")
+    assert r.returncode == 0, r.stderr
+    assert "no errors were found" in r.stdout
+    r = snap(repo_dir, cache, "--json", "check", "--read-data")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["ok"] and out["num_errors"] == 0
+    assert out["packs_read"] == out["packs"] == len(packs_of(repo_dir)) >= 40
+    assert out["snapshots"] == 2 and out["index_files"] >= 5
+
+
+# ---------------------------------------------------------------------------- damage
+
+
+def test_flipped_byte_is_named_with_pack_blob_and_file(env):
+    src, repo_dir, cache = env
+    repo = open_repo(repo_dir, cache)
+    rnd = random.Random(7)
+    rel = f"bin/blob{rnd.randrange(35)}.dat"
+    path, blob, loc = blob_place(repo, src, rel)
+    pack_file = os.path.join(repo_dir, "data", loc.pack_id.hex()[:2], loc.pack_id.hex())
+    with open(pack_file, "r+b") as f:  # one byte inside the blob, at a random place
+        pos = loc.offset + rnd.randrange(loc.length)
+        f.seek(pos)
+        byte = f.read(1)[0]
+        f.seek(pos)
+        f.write(bytes([byte ^ (1 << rnd.randrange(8))]))
+    plain = snap(repo_dir, cache, "check")  # same size, header intact: structure is fine
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    r = snap(repo_dir, cache, "check", "--read-data")
+    out = r.stdout + r.stderr
+    assert r.returncode == 1
+    assert "Traceback" not in out
+    assert f"data/{loc.pack_id.hex()[:2]}/{loc.pack_id.hex()}" in out  # the pack
+    assert blob.hex() in out  # the blob
+    assert path in out  # the file that depends on it
+    r = snap(repo_dir, cache, "--json", "check", "--read-data")
+    doc = json.loads(r.stdout.strip().splitlines()[-1])
+    kinds = {e["kind"] for e in doc["errors"]}
+    assert kinds == {"pack_name", "blob_damaged"}
+    damaged = [e for e in doc["errors"] if e["kind"] == "blob_damaged"]
+    assert [e["blob"] for e in damaged] == [blob.hex()]
+    assert {a["path"] for a in damaged[0]["affected"]} == {path}
+    assert len({a["snapshot"] for a in damaged[0]["affected"]}) == 2  # both snapshots
+
+
+def test_damaged_pack_header_is_found_without_reading_data(env):
+    src, repo_dir, cache = env
+    pack_file = packs_of(repo_dir)[3]
+    size = os.path.getsize(pack_file)
+    with open(pack_file, "r+b") as f:  # a byte of the sealed header (just before its length)
+        f.seek(size - 10)
+        b = f.read(1)[0]
+        f.seek(size - 10)
+        f.write(bytes([b ^ 0x40]))
+    r = snap(repo_dir, cache, "check")
+    assert r.returncode == 1
+    assert "header damaged" in r.stderr and os.path.basename(pack_file) in r.stderr
+
+
+def test_deleted_pack_is_named_with_affected_files_and_repaired(env, tmp_path):
+    src, repo_dir, cache = env
+    repo = open_repo(repo_dir, cache)
+    path, blob, loc = blob_place(repo, src, "deep/a/b/c/leaf.bin")
+    os.unlink(os.path.join(repo_dir, "data", loc.pack_id.hex()[:2], loc.pack_id.hex()))
+    r = snap(repo_dir, cache, "check")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"pack data/{loc.pack_id.hex()[:2]}/{loc.pack_id.hex()} is missing" in r.stderr
+    assert path in r.stderr
+    doc = json.loads(snap(repo_dir, cache, "--json", "check").stdout.strip().splitlines()[-1])
+    [missing] = [e for e in doc["errors"] if e["kind"] == "pack_missing"]
+    affected = {a["path"] for a in missing["affected"]}  # every file with a blob in that pack
+    assert path in affected
+    # restic's recipe: repair the index, then the snapshots; the originals go with --forget
+    assert snap(repo_dir, cache, "repair", "index").returncode == 0
+    r = snap(repo_dir, cache, "repair", "snapshots", "--forget")
+    assert r.returncode == 0, r.stderr
+    assert f"{path}: removed missing content" in r.stdout and "modified 2 snapshots" in r.stdout
+    r = snap(repo_dir, cache, "check", "--read-data")
+    assert r.returncode == 0, r.stdout + r.stderr
+    repo = open_repo(repo_dir, cache)
+    snaps = repo.list_snapshots()
+    assert len(snaps) == 2 and all("repaired" in s.tags and s.original for s in snaps)
+    got = restore_latest(repo, src, str(tmp_path / "restore"))
+    want = digest(src)
+    damaged = {os.path.relpath(p, src) for p in affected}
+    assert {k: v for k, v in got.items() if k not in damaged} == \
+        {k: v for k, v in want.items() if k not in damaged}
+    assert all(got[k] != want[k] for k in damaged)  # shorter now: the lost blobs are gone
+    lost = next(n for p, n in walk(repo, snaps[-1].tree) if p == path.encode())
+    assert blob not in lost["content"] and lost["size"] < os.path.getsize(path)
+
+
+def test_lost_index_file_is_reported_and_repair_index_makes_the_repository_whole(env, tmp_path):
+    src, repo_dir, cache = env
+    index_files = sorted(os.listdir(os.path.join(repo_dir, "index")))
+    victim = index_files[len(index_files) // 2]
+    os.unlink(os.path.join(repo_dir, "index", victim))
+    r = snap(repo_dir, cache, "--json", "check")
+    assert r.returncode == 1
+    doc = json.loads(r.stdout.strip().splitlines()[-1])
+    orphans = [i for i in doc["info"] if i["kind"] == "packs_unindexed"]
+    assert orphans and orphans[0]["count"] >= 1  # information, not an error
+    assert all(e["kind"] == "blob_missing" for e in doc["errors"])
+    assert any("run 'snap repair index'" in e["message"] for e in doc["errors"])
+    r = snap(repo_dir, cache, "repair", "index")
+    assert r.returncode == 0, r.stderr
+    assert len(os.listdir(os.path.join(repo_dir, "index"))) == 1
+    r = snap(repo_dir, cache, "check", "--read-data")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "not in any index" not in r.stdout
+    repo = open_repo(repo_dir, cache)
+    assert restore_latest(repo, src, str(tmp_path / "restore")) == digest(src)
+
+
+def test_damaged_index_file_and_snapshot_are_named(env):
+    src, repo_dir, cache = env
+    for ns in ("index", "snapshots"):
+        name = sorted(os.listdir(os.path.join(repo_dir, ns)))[0]
+        with open(os.path.join(repo_dir, ns, name), "r+b") as f:
+            f.seek(30)
+            b = f.read(1)[0]
+            f.seek(30)
+            f.write(bytes([b ^ 1]))
+        r = snap(repo_dir, cache, "check")
+        assert r.returncode == 1 and f"{ns}/{name}" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------------------- subsets
+
+
+def run_check(repo_dir: str, cache: str, spec: SubsetSpec, **kw):
+    repo = open_repo(repo_dir, cache)
+    return Checker(repo, CheckOptions(subset=spec, check_headers=False, **kw)).run()
+
+
+def test_percent_reads_that_share_of_packs(env):
+    # Tolerance: the number of packs is exact (floor(n * x / 100), at least 1); the bytes
+    # follow from which packs were drawn, so over ten draws their mean is within 10 points.
+    src, repo_dir, cache = env
+    total = len(packs_of(repo_dir))
+    size = sum(os.path.getsize(p) for p in packs_of(repo_dir))
+    shares = []
+    for seed in range(10):
+        res = run_check(repo_dir, cache, SubsetSpec("percent", percent=25),
+                        rng=random.Random(seed), record_state=False)
+        assert res.ok and res.packs_read == total * 25 // 100
+        shares.append(res.bytes_read / size)
+    assert abs(sum(shares) / len(shares) - 0.25) < 0.10
+    r = snap(repo_dir, cache, "--json", "check", "--read-data-subset", "10%")
+    assert json.loads(r.stdout.strip().splitlines()[-1])["packs_read"] == max(1, total // 10)
+
+
+def test_size_subset_stays_within_the_volume(env):
+    src, repo_dir, cache = env
+    res = run_check(repo_dir, cache, SubsetSpec("size", size=500_000), rng=random.Random(3))
+    assert res.ok and 0 < res.bytes_read <= 500_000
+    r = snap(repo_dir, cache, "--json", "check", "--read-data-subset", "1M")
+    doc = json.loads(r.stdout.strip().splitlines()[-1])
+    assert r.returncode == 0 and 0 < doc["bytes_read"] <= 1 << 20
+
+
+def test_groups_of_n_over_t_cover_every_pack_exactly_once(env):
+    src, repo_dir, cache = env
+    seen: list[str] = []
+    for n in range(1, 6):
+        res = run_check(repo_dir, cache, SubsetSpec("bucket", n=n, t=5), record_state=False)
+        assert res.ok
+        seen += res.read_packs
+    assert sorted(seen) == sorted(os.path.relpath(p, repo_dir) for p in packs_of(repo_dir))
+    r = snap(repo_dir, cache, "check", "--read-data-subset", "2/5")
+    assert r.returncode == 0 and "group 2 of 5" in r.stdout
+
+
+def test_ten_weekly_stale_runs_read_every_pack(env):
+    src, repo_dir, cache = env
+    everything = {os.path.relpath(p, repo_dir) for p in packs_of(repo_dir)}
+    week0 = datetime(2024, 1, 7, 3, 0, tzinfo=timezone.utc)
+    last: dict[str, int] = {}  # pack -> week it was last read
+    for week in range(10):
+        res = run_check(repo_dir, cache, SubsetSpec("stale", percent=10),
+                        now=week0 + timedelta(weeks=week))
+        assert res.ok and res.state_object
+        assert res.packs_read == -(-len(everything) // 10)  # ceil(10%)
+        last.update((p, week) for p in res.read_packs)
+        # one state object remains in the repository: each run replaces the previous one
+        assert len(os.listdir(os.path.join(repo_dir, "state"))) == 1
+    assert set(last) == everything
+    # later runs keep taking the packs verified longest ago
+    res = run_check(repo_dir, cache, SubsetSpec("stale", percent=10), now=week0 + timedelta(weeks=10))
+    unread = everything - set(res.read_packs)
+    assert max(last[p] for p in res.read_packs) <= min(last[p] for p in unread)
+
+
+def test_rotation_continues_on_another_machine(env, tmp_path):
+    """The verification state lives in the repository: a second cache sees the first's work."""
+    src, repo_dir, cache = env
+    total = len(packs_of(repo_dir))
+    first = run_check(repo_dir, cache, SubsetSpec("stale", percent=50))
+    second = run_check(repo_dir, str(tmp_path / "other-machine-cache"),
+                       SubsetSpec("stale", percent=50))
+    assert set(first.read_packs) | set(second.read_packs) == \
+        {os.path.relpath(p, repo_dir) for p in packs_of(repo_dir)}
+    assert len(set(first.read_packs) & set(second.read_packs)) == 2 * ((total + 1) // 2) - total
+    r = snap(repo_dir, cache, "-v", "check", "--read-data-subset", "stale:50%")
+    assert r.returncode == 0 and "verification state saved as state/" in r.stdout
+
+
+def test_check_and_stale_state_on_every_backend(repo_location, tmp_path):
+    url, _env = repo_location
+    src = str(tmp_path / "src")
+    os.makedirs(src)
+    for i in range(6):
+        with open(os.path.join(src, f"f{i}"), "wb") as f:
+            f.write(random.Random(i).randbytes(50_000))
+    repo = small_packs(Repository.init(open_backend(url), PW, Config(**SMALL),
+                                       kdf=KdfParams(1, 8 << 20), cache_root=str(tmp_path / "c")))
+    Archiver(repo).backup([src])
+    for _ in range(2):
+        res = Checker(Repository.open(open_backend(url), PW, no_cache=True),
+                      CheckOptions(subset=SubsetSpec("stale", percent=50))).run()
+        assert res.ok and res.headers_read + res.packs_read == res.packs
+    states = list(open_backend(url).list("state"))
+    assert len(states) == 1
+    from dedupe.verifystate import load_state
+    assert len(load_state(Repository.open(open_backend(url), PW, no_cache=True)).times) == res.packs
