@@ -80,5 +80,5 @@ def select_packs(spec: SubsetSpec, packs: dict[bytes, int], verified: dict[bytes
     if spec.kind == "stale":
         count = max(1, math.ceil(len(ids) * spec.percent / 100 - _EPS))
         times = verified or {}
-        return sorted(sorted(ids, key=lambda p: (times.get(p, 0), p))[:count])
+        return sorted(sorted(ids, key=lambda p: (times.get(p, -1), p))[:count])
     raise ValueError(f"unknown subset kind {spec.kind!r}")
