@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dedupe.backends import (
     CountingBackend,
@@ -25,6 +27,7 @@ from dedupe.backends import (
     wrap_backend,
 )
 from dedupe.backends.s3 import S3Backend, parse_s3_url
+from conftest import selected_backend_kinds
 from dedupe.errors import (
     AlreadyExists,
     BackendConfigError,
@@ -176,9 +179,9 @@ def test_large_object_goes_up_whole(repo_location, make_backend):
 # ------------------------------------------------------------------------------ S3 specifics
 
 
-def s3_only(repo_location) -> None:
-    if not repo_location.is_s3:
-        pytest.skip("S3 only")
+#: Tests marked so run on the S3 servers only (of those SNAP_TEST_BACKENDS selects).
+s3_only = pytest.mark.parametrize(
+    "backend_kind", [k for k in selected_backend_kinds() if k != "local"])
 
 
 class _RawBody:
@@ -215,12 +218,12 @@ def fail_first(backend: Any, operation: str, replies: list[tuple[int, str]]) -> 
     backend._client.meta.events.register_first(f"before-send.s3.{operation}", hook)
 
 
+@s3_only
 @pytest.mark.parametrize("status, code", [
     (503, "SlowDown"), (500, "InternalError"), (503, "ServiceUnavailable"),
     (400, "RequestTimeout"), (400, "BadDigest"), (429, "TooManyRequests"),
 ])
 def test_server_side_trouble_is_transient_and_retried(repo_location, make_backend, status, code):
-    s3_only(repo_location)
     raw = make_backend()
     raw.put("index/i", b"index bytes")
     fail_first(raw, "GetObject", [(status, code)])
@@ -237,6 +240,7 @@ def test_server_side_trouble_is_transient_and_retried(repo_location, make_backen
     assert raw.get("index/j") == b"more"
 
 
+@s3_only
 @pytest.mark.parametrize("operation, status, code, error", [
     ("GetObject", 403, "AccessDenied", PermissionDenied),
     ("HeadObject", 403, "", PermissionDenied),
@@ -245,7 +249,6 @@ def test_server_side_trouble_is_transient_and_retried(repo_location, make_backen
     ("GetObject", 301, "PermanentRedirect", BackendConfigError),
 ])
 def test_permanent_refusals_fail_fast(repo_location, make_backend, operation, status, code, error):
-    s3_only(repo_location)
     raw = make_backend()
     raw.put("index/i", b"index bytes")
     fail_first(raw, operation, [(status, code)] * 10)
@@ -261,8 +264,8 @@ def test_permanent_refusals_fail_fast(repo_location, make_backend, operation, st
         assert sum(request_counts(raw).values()) - sum(before.values()) == 1
 
 
+@s3_only
 def test_failed_multipart_upload_is_aborted(repo_location, make_backend):
-    s3_only(repo_location)
     import botocore.exceptions
 
     b = make_backend(multipart_threshold=6 * MiB, part_size=5 * MiB)
@@ -282,8 +285,8 @@ def test_failed_multipart_upload_is_aborted(repo_location, make_backend):
     assert not client.list_multipart_uploads(Bucket=repo_location.bucket).get("Uploads")
 
 
+@s3_only
 def test_every_put_carries_a_content_md5_the_server_checks(repo_location, make_backend):
-    s3_only(repo_location)
     import base64
     import hashlib
 
@@ -314,8 +317,8 @@ def test_every_put_carries_a_content_md5_the_server_checks(repo_location, make_b
                 Bucket=repo_location.bucket, Key="repo/keys/damaged", Body=b"bytes", ContentMD5=wrong)
 
 
+@s3_only
 def test_missing_bucket_is_named_in_the_error(repo_location):
-    s3_only(repo_location)
     bucket = repo_location.server.new_bucket(create=False)
     b = open_backend(repo_location.server.url(bucket))
     try:
@@ -331,8 +334,8 @@ def test_missing_bucket_is_named_in_the_error(repo_location):
         b.close()
 
 
+@s3_only
 def test_bad_credentials_are_permission_denied(repo_location, monkeypatch):
-    s3_only(repo_location)
     if not repo_location.server.checks_credentials:
         pytest.skip(f"{repo_location.kind} accepts any credentials")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-" + repo_location.server.secret_key)
@@ -352,8 +355,8 @@ def test_bad_credentials_are_permission_denied(repo_location, monkeypatch):
         b.close()
 
 
+@s3_only
 def test_storage_class_applies_to_data_packs_only(repo_location, make_backend):
-    s3_only(repo_location)
     b = make_backend(storage_class="standard_ia")
     client = repo_location.server.client()
     b.put("index/meta", b"metadata stays STANDARD")
@@ -369,14 +372,14 @@ def test_storage_class_applies_to_data_packs_only(repo_location, make_backend):
     assert head["StorageClass"] == "STANDARD_IA"
 
 
+@s3_only
 def test_conditional_put_is_enforced_by_the_server(repo_location, backend):
-    s3_only(repo_location)
     assert backend.probe_conditional_put() is True
     assert names_in(backend, "locks") == {}
 
 
+@s3_only
 def test_head_before_put_when_server_lacks_conditional_put(repo_location, make_backend):
-    s3_only(repo_location)
     def answer_501(request, **kwargs):
         # What a server without conditional writes says (AWS's reply for unknown features).
         if request.headers.get("If-None-Match"):
@@ -403,8 +406,8 @@ def test_head_before_put_when_server_lacks_conditional_put(repo_location, make_b
     assert forced.get("keys/two") == b"2"
 
 
+@s3_only
 def test_lifecycle_rule_keeps_other_rules(repo_location, backend):
-    s3_only(repo_location)
     client = repo_location.server.client()
     other = {"ID": "someone-elses", "Status": "Enabled", "Filter": {"Prefix": "elsewhere/"},
              "Expiration": {"Days": 30}}
@@ -419,8 +422,8 @@ def test_lifecycle_rule_keeps_other_rules(repo_location, backend):
     assert ours[0]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 2}
 
 
+@s3_only
 def test_endpoint_from_environment(repo_location, monkeypatch):
-    s3_only(repo_location)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", repo_location.server.endpoint)
     b = open_backend(f"s3:{repo_location.bucket}/via-env")
     try:
@@ -470,6 +473,22 @@ def test_s3_url_forms(url, bucket, prefix, endpoint):
 def test_malformed_s3_urls(url, message):
     with pytest.raises(BackendConfigError, match=message):
         open_backend(url)
+
+
+_bucket_names = st.from_regex(r"[a-z0-9][a-z0-9-]{1,20}[a-z0-9]", fullmatch=True)
+_prefix_parts = st.lists(st.from_regex(r"[A-Za-z0-9_.=-]{1,12}", fullmatch=True).filter(
+    lambda p: p not in (".", "..")), max_size=4)
+
+
+@given(bucket=_bucket_names, parts=_prefix_parts,
+       endpoint=st.sampled_from([None, "http://127.0.0.1:9000", "https://s3.example.com",
+                                 "http://[::1]:80"]))
+def test_s3_url_round_trip(bucket, parts, endpoint):
+    prefix = "/".join(parts)
+    url = f"s3:{endpoint + '/' if endpoint else ''}{bucket}" + (f"/{prefix}" if prefix else "")
+    loc = parse_s3_url(url)
+    assert (loc.bucket, loc.prefix, loc.endpoint) == (bucket, prefix, endpoint)
+    assert parse_s3_url(url + "/") == loc
 
 
 def test_credentials_in_url_are_refused_without_echo():

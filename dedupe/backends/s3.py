@@ -27,8 +27,8 @@ How the contract is kept on S3:
   backend in ``RetryBackend`` (exponential backoff, full jitter), and two stacked retry layers
   would multiply into retry storms and hide what really happened on the wire.
 
-Every HTTP request that is really sent (retries by urllib3 included) is counted by kind through
-botocore's ``before-send`` event; see ``http_request_counts``.
+Every HTTP request botocore sends (each attempt, each part, each HeadBucket probe) is counted
+by kind through its ``before-send`` event; see ``http_request_counts``.
 """
 
 from __future__ import annotations

@@ -35,6 +35,9 @@ TRANSIENT_CODES = frozenset({
     "RequestLimitExceeded", "TooManyRequestsException", "RequestTimeout", "RequestTimeoutException",
     "InternalError", "ServiceUnavailable", "OperationAborted", "PriorRequestNotComplete",
     "EC2ThrottledException", "BandwidthLimitExceeded",
+    # AWS: another conditional write of the same key was in flight (409); the retry then meets
+    # 412 if that write succeeded.
+    "ConditionalRequestConflict",
     # The payload did not match its Content-MD5: it was damaged on the way, so send it again.
     "BadDigest", "XAmzContentSHA256Mismatch",
 })
@@ -120,7 +123,7 @@ class ErrorMapper:
         detail = f"{code or 'HTTP ' + str(status)}" + (f": {message}" if message else "")
         if code == "NoSuchBucket":
             return self.bucket_missing()
-        if code in ("PreconditionFailed", "ConditionalRequestConflict") or status == 412:
+        if code == "PreconditionFailed" or status == 412:
             return AlreadyExists(f"object exists: {where}", name)
         if code in ("NoSuchKey", "NotFound", "NoSuchUpload") or status == 404:
             return NotFound(f"not found: {where}", name)
