@@ -704,3 +704,17 @@ def test_wrappers_pass_backend_extras_through(repo_location, backend):
     else:
         with pytest.raises(AttributeError):
             wrapped.create_bucket_if_missing()
+
+
+def test_fault_rate_from_environment(backend, monkeypatch):
+    monkeypatch.setenv("SNAP_FAULT_RATE", "1")
+    monkeypatch.setenv("SNAP_FAULT_SEED", "9")
+    wrapped = wrap_backend(backend, retry_attempts=2, retry_base_delay=0.0)
+    with pytest.raises(TransientError, match="injected fault"):
+        wrapped.stat("config")
+    monkeypatch.setenv("SNAP_FAULT_RATE", "lots")
+    with pytest.raises(BackendConfigError, match="SNAP_FAULT_RATE"):
+        wrap_backend(backend)
+    monkeypatch.delenv("SNAP_FAULT_RATE")
+    with pytest.raises(NotFound):
+        wrap_backend(backend).stat("config")

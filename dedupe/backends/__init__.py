@@ -12,6 +12,7 @@ faults for tests.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ..errors import BackendConfigError
@@ -44,15 +45,20 @@ def open_backend(url: str, **options: Any) -> Backend:
 
 
 def wrap_backend(backend: Backend, *, retry_attempts: int = 6, retry_base_delay: float = 0.2,
-                 retry_max_delay: float = 10.0, fault_rate: float = 0.0,
+                 retry_max_delay: float = 10.0, fault_rate: float | None = None,
                  fault_seed: int | None = None) -> Backend:
     """``backend`` inside the standard stack: Retry(Faults?(Counting?(backend))).
 
     Counting sits innermost so retried calls count as the separate requests they are; an S3
-    backend counts its real HTTP requests itself and gets no ``CountingBackend``. Faults (for
-    tests: ``fault_rate`` > 0) sit between the retries and the storage, where a flaky
-    network would be. ``request_counts(wrapped)`` works on the result.
+    backend counts its real HTTP requests itself and gets no ``CountingBackend``. Faults sit
+    between the retries and the storage, where a flaky network would be: ``fault_rate`` > 0,
+    or when it is None, the environment's ``SNAP_FAULT_RATE`` (and ``SNAP_FAULT_SEED``), so
+    that tests and rehearsals can run the real ``snap`` command over a bad connection.
+    ``request_counts(wrapped)`` works on the result.
     """
+    if fault_rate is None:
+        fault_rate, env_seed = _faults_from_environment()
+        fault_seed = env_seed if fault_seed is None else fault_seed
     inner: Backend = backend
     if not callable(getattr(type(backend), "http_request_counts", None)):
         inner = CountingBackend(inner)
@@ -60,3 +66,17 @@ def wrap_backend(backend: Backend, *, retry_attempts: int = 6, retry_base_delay:
         inner = FaultInjectingBackend(inner, error_rate=fault_rate, seed=fault_seed)
     return RetryBackend(inner, attempts=retry_attempts, base_delay=retry_base_delay,
                         max_delay=retry_max_delay)
+
+
+def _faults_from_environment() -> tuple[float, int | None]:
+    rate_text = os.environ.get("SNAP_FAULT_RATE", "").strip()
+    seed_text = os.environ.get("SNAP_FAULT_SEED", "").strip()
+    try:
+        rate = float(rate_text) if rate_text else 0.0
+        seed = int(seed_text) if seed_text else None
+    except ValueError:
+        raise BackendConfigError("SNAP_FAULT_RATE must be a number within [0, 1] and "
+                                 "SNAP_FAULT_SEED an integer") from None
+    if not 0.0 <= rate <= 1.0:
+        raise BackendConfigError("SNAP_FAULT_RATE must be within [0, 1]")
+    return rate, seed
