@@ -48,6 +48,12 @@ AAD_STATE = b"snap state v1"
 # Argon2id defaults: 64 MiB and 3 passes, the floor the design sets.
 KDF_OPSLIMIT = 3
 KDF_MEMLIMIT = 64 * 1024 * 1024
+# Bounds accepted when reading a key file. The parameters are read before anything is
+# authenticated, so without a cap a damaged or hostile key file could make ``open`` run Argon2
+# for hours or ask for terabytes of memory.
+KDF_OPSLIMIT_MAX = 32
+KDF_MEMLIMIT_MIN = nacl.pwhash.argon2id.MEMLIMIT_MIN
+KDF_MEMLIMIT_MAX = 4 * 1024 * 1024 * 1024
 KEY_FILE_VERSION = 1
 
 
@@ -111,6 +117,9 @@ def wrap_master_key(
     created: str,
 ) -> bytes:
     """Build a key file: plaintext msgpack metadata around the sealed master key."""
+    if not (1 <= params.opslimit <= KDF_OPSLIMIT_MAX
+            and KDF_MEMLIMIT_MIN <= params.memlimit <= KDF_MEMLIMIT_MAX):
+        raise ValueError("KDF parameters outside the range key files may use")
     salt = os.urandom(nacl.pwhash.argon2id.SALTBYTES)
     wrapping = MasterKey(_derive(password, salt, params), b"\0" * KEY_SIZE)
     return msgpack.packb(
@@ -140,6 +149,8 @@ def parse_key_file(raw: bytes, name: str) -> dict:
     for field, typ in (("ops", int), ("mem", int), ("salt", bytes), ("data", bytes)):
         if not isinstance(d.get(field), typ):
             raise IntegrityError(f"key file {name} is damaged (field {field})", name)
+    if not (1 <= d["ops"] <= KDF_OPSLIMIT_MAX and KDF_MEMLIMIT_MIN <= d["mem"] <= KDF_MEMLIMIT_MAX):
+        raise IntegrityError(f"key file {name} has invalid KDF parameters", name)
     return d
 
 
