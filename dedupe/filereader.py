@@ -177,23 +177,31 @@ class ContentReader:
         Raises the repository's errors (``IntegrityError`` for a blob that fails
         verification, ``BackendError`` for storage failures): never returns wrong bytes.
         """
+        segs = self.segments(fc, offset, size, cursor)
+        if len(segs) == 1:
+            data, lo, hi = segs[0]
+            if data is not None and lo == 0 and hi == len(data):
+                return data
+        return b"".join(_ZEROS[:hi - lo] if data is None and hi - lo <= len(_ZEROS)
+                        else bytes(hi - lo) if data is None else memoryview(data)[lo:hi]
+                        for data, lo, hi in segs)
+
+    def segments(self, fc: FileContent, offset: int, size: int,
+                 cursor: ReadCursor | None = None) -> list[tuple[bytes | None, int, int]]:
+        """``read`` without the copy: [(blob, lo, hi)] whose ``blob[lo:hi]`` concatenated are
+        the bytes; ``None`` for a run of ``hi - lo`` zeros (a hole)."""
         end = min(offset + size, fc.size)
         if offset >= end:
-            return b""
+            return []
         starts, items = fc.starts, fc.items
         i = bisect_right(starts, offset) - 1
-        parts: list = []
+        segs: list[tuple[bytes | None, int, int]] = []
         pos = offset
         while pos < end:
             lo = pos - starts[i]
             hi = min(end, starts[i + 1]) - starts[i]
             item = items[i]
-            if isinstance(item, int):
-                n = hi - lo
-                parts.append(_ZEROS[:n] if n <= len(_ZEROS) else bytes(n))
-            else:
-                blob = self.blobs.get(item)
-                parts.append(blob if lo == 0 and hi == len(blob) else memoryview(blob)[lo:hi])
+            segs.append((None if isinstance(item, int) else self.blobs.get(item), lo, hi))
             pos = starts[i] + hi
             i += 1
         if cursor is not None:
@@ -203,9 +211,7 @@ class ContentReader:
                 self._prefetch(fc, i, cursor)
             else:  # a seek: read-ahead starts over from here once reads are sequential again
                 cursor.queued = i - 1
-        if len(parts) == 1:
-            return bytes(parts[0]) if isinstance(parts[0], memoryview) else parts[0]
-        return b"".join(parts)
+        return segs
 
     def _prefetch(self, fc: FileContent, first: int, cursor: ReadCursor) -> None:
         """Queue the blobs of items ``first .. first+readahead-1`` not yet cached or queued."""
