@@ -111,30 +111,36 @@ def decode_records(raw: bytes | memoryview, what: str) -> list[BlobEntry]:
 
 
 class PackBuilder:
-    """Accumulates encoded blobs of one type in memory until the pack is finished."""
+    """Accumulates encoded blobs of one type in memory until the pack is finished.
+
+    Blobs are appended to one bytearray: growing it reallocates in place (large blocks are
+    remapped, not copied), and the finished pack needs no second, joined copy.
+    """
 
     def __init__(self, blob_type: int) -> None:
         self.blob_type = blob_type
-        self.parts: list[bytes] = []
+        self.buf = bytearray()
         self.entries: list[BlobEntry] = []
-        self.size = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.buf)
 
     def add(self, blob_id: bytes, stored: bytes, raw_length: int, compression: int) -> None:
-        self.entries.append(BlobEntry(blob_id, self.size, len(stored), raw_length,
+        self.entries.append(BlobEntry(blob_id, len(self.buf), len(stored), raw_length,
                                       self.blob_type, compression))
-        self.parts.append(stored)
-        self.size += len(stored)
+        self.buf += stored
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def finish(self, key: MasterKey) -> tuple[str, bytes, list[BlobEntry]]:
+    def finish(self, key: MasterKey) -> tuple[str, bytearray, list[BlobEntry]]:
         """Return (pack id, pack bytes, entries)."""
         header = key.seal(bytes((HEADER_VERSION,)) + encode_records(self.entries), AAD_PACK_HEADER)
-        self.parts.append(header)
-        self.parts.append(_TRAILER.pack(len(header)))
-        data = b"".join(self.parts)
-        self.parts = []
+        data = self.buf
+        data += header
+        data += _TRAILER.pack(len(header))
+        self.buf = bytearray()
         return storage_id(data), data, self.entries
 
 
