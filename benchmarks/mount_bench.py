@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from dedupe.archiver import Archiver  # noqa: E402
 from dedupe.backends.local import LocalBackend  # noqa: E402
 from dedupe.crypto import KdfParams  # noqa: E402
-from dedupe.fuse import is_mounted, lazy_unmount  # noqa: E402
+from dedupe.fusemount import is_mounted, lazy_unmount  # noqa: E402
 from dedupe.repository import Repository  # noqa: E402
 
 PASSWORD = "mount-bench"  # a throw-away repository in a scratch directory

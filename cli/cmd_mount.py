@@ -51,7 +51,8 @@ def command(app: App, mountpoint, hosts, tags, paths, allow_other, no_default_pe
     tags/<tag>/<time>/. New snapshots appear when a listing is re-read.
     """
     _check_mountpoint(mountpoint)
-    from dedupe.fuse import SnapshotFS, fuse_problem, serve
+    from dedupe.fuse import SnapshotFS
+    from dedupe.fusemount import fuse_problem, serve
 
     problem = fuse_problem()
     if problem:

@@ -26,7 +26,8 @@ from dedupe.backends import open_backend
 from dedupe.backends.base import pack_name
 from dedupe.config import Config
 from dedupe.crypto import KdfParams
-from dedupe.fuse import SnapshotFS, fuse_problem, is_mounted
+from dedupe.fuse import SnapshotFS
+from dedupe.fusemount import fuse_problem, is_mounted
 from dedupe.fuselayout import time_name
 from dedupe.packs import BLOB_DATA
 from dedupe.repository import Repository
