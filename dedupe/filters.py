@@ -70,6 +70,7 @@ _GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006
 _ANY_COMPONENT = "(?:/[^/]*)"
 _SURROGATES = (0xDC80, 0xDCFF)  # where surrogateescape puts invalid bytes
 _NEVER = re.compile(r"(?!)")
+_REST = "[^/]*+"  # a trailing '*': the rest of the component
 
 
 def _text(path: PathArg) -> str:
@@ -134,7 +135,12 @@ def _component_regex(part: str) -> tuple[str, bool]:
 
     Raises ValueError (message without the pattern) where Go returns ErrBadPattern.
     """
-    out: list[str] = []
+    # Elements between stars form "chunks" of fixed width. Like Go's Match, the chunk after
+    # a star is taken at its leftmost fit and never reconsidered, an atomic (?>...) group:
+    # exact, because a component cannot end anywhere but at the next '/', and it keeps
+    # "*a*a*a*b" linear where plain backtracking is exponential. The last chunk must end the
+    # component, so it keeps the ordinary star; a trailing star takes everything left.
+    chunks: list[list[str]] = [[]]
     literal = True
     i, n = 0, len(part)
     while i < n:
@@ -143,8 +149,9 @@ def _component_regex(part: str) -> tuple[str, bool]:
             literal = False
             while i < n and part[i] == "*":
                 i += 1
-            out.append("[^/]*")
+            chunks.append([])
             continue
+        out = chunks[-1]
         if c == "?":
             literal = False
             out.append("[^/]")
@@ -173,7 +180,16 @@ def _component_regex(part: str) -> tuple[str, bool]:
         else:
             out.append(re.escape(c))
         i += 1
-    return "".join(out), literal
+    regex = "".join(chunks[0])
+    for k, chunk in enumerate(chunks[1:], 2):
+        body = "".join(chunk)
+        if not body:
+            regex += _REST  # only the last chunk can be empty: stars were merged
+        elif k == len(chunks):
+            regex += "[^/]*" + body
+        else:
+            regex += f"(?>[^/]*?{body})"
+    return regex, literal
 
 
 def _class_char(part: str, i: int) -> tuple[int, int]:
@@ -227,7 +243,7 @@ class _Pattern:
                 rx, literal = _component_regex(part)
             except ValueError as exc:
                 raise ValueError(f"invalid pattern {source!r}: {exc}") from None
-            only_stars = rx == "[^/]*"
+            only_stars = rx == _REST
             tokens.append("" if only_stars else "/" + rx)
             if in_prefix:
                 prefix.append(None if only_stars else part if literal else re.compile(rx))
@@ -243,7 +259,7 @@ class _Pattern:
                 i += 1
             tokens = [""] * singles + tokens[i:]
         regex = _join_tokens(tokens)
-        if not self.anchored and regex.startswith("/[^/]*"):
+        if not self.anchored and regex.startswith("/[^/]*") and not regex.startswith("/" + _REST):
             # "*.o" anywhere: a search for ".o" already starts anywhere inside a component,
             # and no token can match '/', so the "/[^/]*" in front adds nothing but work.
             regex = regex[len("/[^/]*") :]
