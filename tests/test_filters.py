@@ -718,6 +718,15 @@ def restic_valid(pattern):
     return True
 
 
+@pytest.mark.parametrize("component", ["*a*a*a*a*a*a*b", "*a*?*a*[ab]*a*a*a*b", "a*a*a*a*a*a*a*", "*?*?*?*?*?*?*c"])
+def test_many_stars_do_not_backtrack_exponentially(component):
+    # a naive regex needs hours on these names; Go's algorithm (and ours) is linear
+    for name in ["a" * 200, "a" * 200 + "b", "ab" * 100, "a" * 199 + "c"]:
+        expected = go_match(component, name)
+        assert PatternList([component]).matches(b"/x/" + name.encode()) is expected
+        assert PatternList(["/x/" + component + "/y"]).matches(b"/x/" + name.encode() + b"/y") is expected
+
+
 def test_deviation_consecutive_double_stars():
     # restic's own code says no here (see restic_match); each "**" may match nothing
     for pattern, path in [("a/**/**/**", "/a"), ("foo/**/bar/**/x", "foo/bar/x"), ("/h/**/c/**/t", "/h/c/t")]:
