@@ -11,7 +11,7 @@ from dedupe.browse import find_in_tree
 from dedupe.filters import PatternList
 
 from .app import App, UsageError, pass_app
-from .nodeview import emit, long_line, node_json, snapshot_time
+from .nodeview import emit, long_line, match_json, snapshot_time
 from .selection import filter_options, make_filter
 
 # restic's accepted forms for --oldest/--newest (local time).
@@ -81,7 +81,7 @@ def command(app: App, patterns, snapshot_ids, ignore_case, long_, human_readable
                 if hits == 0:
                     emit(("" if first_group else ",") + '{"matches":[')
                     first_group = False
-                emit(("," if hits else "") + json.dumps(node_json(path, node)))
+                emit(("," if hits else "") + json.dumps(match_json(path, node)))
             else:
                 if hits == 0 and not app.quiet:
                     if not first_group:

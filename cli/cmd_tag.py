@@ -62,7 +62,7 @@ def command(app: App, snapshot_ids, add_tags, remove_tags, set_tags, hosts, tags
         for old, new in changed:
             emit_json({"message_type": "changed", "old_snapshot_id": old.id,
                        "new_snapshot_id": new.id, "tags": new.tags})
-        emit_json({"message_type": "summary", "changed_snapshots": len(changed),
+        emit_json({"message_type": "summary", "changed_snapshot_count": len(changed),
                    "errors": len(failed)})
     elif changed:
         for old, new in changed:

@@ -89,6 +89,15 @@ def node_json(path: bytes, node: Node) -> dict[str, Any]:
     return out
 
 
+def match_json(path: bytes, node: Node) -> dict[str, Any]:
+    """restic's ``find --json`` match object: the ls node plus owner names and links."""
+    out = node_json(path, node)
+    del out["struct_type"], out["message_type"]
+    out.update(user=node.get("user", ""), group=node.get("group", ""),
+               links=node.get("links", 1), device_id=node.get("dev", 0))
+    return out
+
+
 def snapshot_json(snap: Snapshot) -> dict[str, Any]:
     """The snapshot line that starts ``ls --json`` output (restic's shape)."""
     return dict(snap.to_json(), struct_type="snapshot", message_type="snapshot")

@@ -48,8 +48,12 @@ class Stats:
 
     @property
     def compression_ratio(self) -> float:
-        """Uncompressed bytes per stored byte, over all blobs (encryption overhead included)."""
-        return self.total_uncompressed_size / self.total_size if self.total_size else 0.0
+        """restic's: how much the blobs that are compressed shrank (uncompressed / stored).
+        Blobs zstd could not shrink are stored raw and left out; the space saving below
+        covers everything."""
+        if not self.compressed_blobs_size:
+            return 0.0
+        return self.compressed_blobs_uncompressed_size / self.compressed_blobs_size
 
     @property
     def compression_progress(self) -> float:
@@ -60,6 +64,8 @@ class Stats:
 
     @property
     def compression_space_saving(self) -> float:
+        """Percentage of the uncompressed size that storage saves (negative when the
+        encryption overhead outweighs compression, as with incompressible data)."""
         if not self.total_uncompressed_size:
             return 0.0
         return 100.0 * (1 - self.total_size / self.total_uncompressed_size)
