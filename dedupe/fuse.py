@@ -42,6 +42,7 @@ _TYPE_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK
               "socket": stat.S_IFSOCK}
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 ENOATTR = getattr(errno, "ENOATTR", errno.ENODATA)
+CAP_CACHE_SYMLINKS = 1 << 23  # FUSE_CAP_CACHE_SYMLINKS in libfuse3's fuse_common.h
 STAT_KEYS = ("st_ino", "st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_blocks",
              "st_rdev", "st_atime", "st_mtime", "st_ctime")
 
@@ -88,7 +89,7 @@ class SnapshotFS:
         self._handles: dict[int, tuple[FileContent, ReadCursor, str]] = {}
         self._next_fh = itertools.count(1)
         self._paths: dict[str, tuple] = {}
-        self._paths_max = 500_000
+        self._paths_max = 100_000  # its nodes may outlive the tree LRU: keep it modest
         self._refresh_lock = threading.Lock()
         self._index_names = self._list_index_names()
         self._layout = self._build(repo.list_snapshots())
@@ -202,6 +203,14 @@ class SnapshotFS:
         return (path_ino(path), mode, nlink, self.uid, self.gid, size, 0, 0, mtime, mtime, mtime)
 
     # ------------------------------------------------------------------ callbacks: metadata
+    def init_with_config(self, conn, config) -> None:
+        # Let the kernel cache symlink targets: every path through snapshots/latest would
+        # otherwise cost a READLINK round trip. A changed "latest" has a new mtime, which
+        # drops the cached target once attributes are revalidated.
+        if conn is not None and conn.capable & CAP_CACHE_SYMLINKS:
+            conn.want |= CAP_CACHE_SYMLINKS
+        self.init("/")
+
     def init(self, path: str) -> None:
         self.ready.set()
         if self._on_init is not None:
@@ -299,7 +308,9 @@ class SnapshotFS:
             raise _err(errno.EROFS)
         obj, snap = self._guard(self.resolve, path)
         if not isinstance(obj, dict) or obj.get("type") != "file":
-            raise _err(errno.EISDIR if not isinstance(obj, (dict, Link)) else errno.EINVAL)
+            is_dir = isinstance(obj, (VDir, Snapshot)) or (isinstance(obj, dict)
+                                                           and obj.get("type") == "dir")
+            raise _err(errno.EISDIR if is_dir else errno.EINVAL)
         try:
             # Keyed by content: the same file in many snapshots is one entry.
             fc = self.contents.get(tuple(obj.get("content") or ()))
