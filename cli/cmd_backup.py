@@ -12,7 +12,7 @@ import click
 
 from dedupe.archiver import Archiver, BackupOptions, BackupProgress
 from dedupe.errors import SourceError
-from dedupe.filters import PatternList, read_files_from, read_pattern_file
+from dedupe.filters import collect_patterns, read_files_from
 
 from .app import App, UsageError, pass_app
 from .errors import EXIT_INCOMPLETE
@@ -21,18 +21,12 @@ from .requests import request_summary
 from .sizes import format_size, parse_size
 
 
-def _patterns(exclude, iexclude, exclude_file, iexclude_file) -> list[PatternList]:
+def _patterns(exclude, iexclude, exclude_file, iexclude_file) -> list:
     try:
-        plain = list(exclude) + [p for f in exclude_file for p in read_pattern_file(f)]
-        folded = list(iexclude) + [p for f in iexclude_file for p in read_pattern_file(f)]
-        out = []
-        if plain:
-            out.append(PatternList(plain))
-        if folded:
-            out.append(PatternList(folded, case_insensitive=True))
-        return out
+        group = collect_patterns(exclude, exclude_file, iexclude, iexclude_file)
     except (ValueError, OSError) as exc:
         raise UsageError(str(exc)) from None
+    return [group] if group else []
 
 
 def _if_present(values) -> list[tuple[bytes, bytes | None]]:
@@ -64,6 +58,8 @@ def _parse_time(value: str | None) -> datetime | None:
 @click.option("--exclude-larger-than", metavar="SIZE", help="Exclude files larger than SIZE (e.g. 1G).")
 @click.option("-x", "--one-file-system", is_flag=True, help="Do not cross file system boundaries.")
 @click.option("--files-from", multiple=True, metavar="FILE", help="Read paths to back up from FILE.")
+@click.option("--files-from-verbatim", multiple=True, metavar="FILE",
+              help="Read paths from FILE, one per line, without glob expansion.")
 @click.option("--files-from-raw", multiple=True, metavar="FILE", help="Read NUL-separated paths from FILE.")
 @click.option("--tag", "tags", multiple=True, metavar="TAG", help="Add tags (comma separated or repeated).")
 @click.option("--host", "--hostname", "host", metavar="NAME", help="Host name to record.")
@@ -79,16 +75,19 @@ def _parse_time(value: str | None) -> datetime | None:
               help="Back up the output of the command given after the flags (use -- CMD ARGS).")
 @pass_app
 def command(app: App, paths, exclude, iexclude, exclude_file, iexclude_file, exclude_caches,
-            exclude_if_present, exclude_larger_than, one_file_system, files_from, files_from_raw,
+            exclude_if_present, exclude_larger_than, one_file_system, files_from, files_from_verbatim,
+            files_from_raw,
             tags, host, time_, parent, force, ignore_ctime, ignore_inode, dry_run, use_stdin,
             stdin_filename, stdin_from_command) -> int:
     """Create a new snapshot of PATHS (or of stdin / a command's output)."""
     sources = list(paths)
     try:
-        for f in files_from:
-            sources += [os.fsdecode(p) for p in read_files_from(f)]
-        for f in files_from_raw:
-            sources += [os.fsdecode(p) for p in read_files_from(f, raw=True)]
+        for mode, files in (("glob", files_from), ("verbatim", files_from_verbatim),
+                            ("raw", files_from_raw)):
+            for f in files:
+                src = sys.stdin.buffer if f == "-" else f
+                sources += [os.fsdecode(p) for p in read_files_from(
+                    src, mode, on_no_match=lambda p: app.warn(f"{os.fsdecode(p)}: no match"))]
     except (ValueError, OSError) as exc:
         raise UsageError(str(exc)) from None
     if use_stdin and stdin_from_command:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from dedupe.filters import PatternList
+from dedupe.filters import collect_patterns
 from dedupe.restorer import OVERWRITE_MODES, Restorer, RestoreOptions, RestoreProgress
 
 from .app import App, UsageError, pass_app
@@ -14,16 +14,12 @@ from .selection import filter_options, make_filter, split_snapshot_arg
 from .sizes import format_size
 
 
-def _lists(plain, folded) -> list[PatternList]:
+def _group(plain, folded):
     try:
-        out = []
-        if plain:
-            out.append(PatternList(list(plain)))
-        if folded:
-            out.append(PatternList(list(folded), case_insensitive=True))
-        return out
+        group = collect_patterns(plain, (), folded, ())
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    return [group] if group else []
 
 
 def _line(p: RestoreProgress) -> str:
@@ -48,10 +44,12 @@ def _line(p: RestoreProgress) -> str:
 def command(app: App, snapshot, target, include, iinclude, exclude, iexclude, verify, sparse,
             overwrite, dry_run, hosts, tags, paths) -> int:
     """Restore SNAPSHOT[:PATH] (an id, a unique prefix or 'latest') into --target."""
+    if (include or iinclude) and (exclude or iexclude):
+        raise UsageError("--include and --exclude cannot be combined (as in restic)")
     ref, sub = split_snapshot_arg(snapshot)
     repo = app.open_repo()
     snap = repo.find_snapshot(ref, filter_fn=make_filter(hosts, tags, paths))
-    opts = RestoreOptions(includes=_lists(include, iinclude), excludes=_lists(exclude, iexclude),
+    opts = RestoreOptions(includes=_group(include, iinclude), excludes=_group(exclude, iexclude),
                           sparse=sparse, overwrite=overwrite, dry_run=dry_run, verify=verify)
     progress = RestoreProgress()
     restorer = Restorer(repo, opts, progress=progress, on_warning=app.warn)
