@@ -155,8 +155,10 @@ def _block_signals() -> None:
 class ContentReader:
     """Reads byte ranges of files through a shared cache of decrypted blobs."""
 
-    def __init__(self, repo, *, cache_bytes: int = 64 << 20, readahead: int = 2,
-                 prefetch_threads: int = 2) -> None:
+    def __init__(self, repo, *, cache_bytes: int = 64 << 20, readahead: int = 4,
+                 prefetch_threads: int = 4) -> None:
+        # Four blobs (~4 MiB) ahead keeps about as many S3 requests in flight: enough for
+        # 200 MB/s at typical first-byte latencies, small against the cache bound.
         self.repo = repo
         self.readahead = readahead
         self.blobs: LoadingLRU[bytes, bytes] = LoadingLRU(self._load_blob, cache_bytes, len)

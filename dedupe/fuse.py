@@ -75,7 +75,7 @@ class SnapshotFS:
 
     def __init__(self, repo, snapshot_filter: Callable[[Snapshot], bool] | None = None, *,
                  refresh_interval: float = 30.0, tree_cache_nodes: int = 200_000,
-                 blob_cache_bytes: int = 64 << 20, readahead: int = 2) -> None:
+                 blob_cache_bytes: int = 64 << 20, readahead: int = 4) -> None:
         self.repo = repo
         self.filter = snapshot_filter or (lambda s: True)
         self.refresh_interval = refresh_interval
