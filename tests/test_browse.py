@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import grp
 import hashlib
 import io
 import json
 import os
+import pwd
 import random
 import re
 import stat
@@ -237,7 +239,8 @@ def test_ls_long_format(browse):
         st = os.lstat(path)
         when = datetime.fromtimestamp(st.st_mtime_ns // 10**9).strftime("%Y-%m-%d %H:%M:%S")
         assert m[1] == stat.filemode(st.st_mode).encode(), path
-        assert (m[2], m[3]) == (b"root", b"root") if st.st_uid == 0 == st.st_gid else True
+        assert m[2] == pwd.getpwuid(st.st_uid).pw_name.encode(), path
+        assert m[3] == grp.getgrgid(st.st_gid).gr_name.encode(), path
         assert int(m[4]) == (st.st_size if stat.S_ISREG(st.st_mode) else 0), path
         assert m[5] == when.encode(), path
         assert m[7] == (os.readlink(path) if stat.S_ISLNK(st.st_mode) else None), path
