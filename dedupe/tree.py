@@ -88,7 +88,10 @@ def node_from_stat(name: bytes, st: os.stat_result, ntype: str) -> Node:
     if ntype == "file":
         node["size"] = st.st_size
     node["mtime"] = st.st_mtime_ns
-    node["atime"] = st.st_atime_ns
+    if ntype != "dir":
+        # Listing a directory updates its atime, so storing it would give an unchanged
+        # directory a new tree id on every backup; restore uses mtime in its place.
+        node["atime"] = st.st_atime_ns
     node["ctime"] = st.st_ctime_ns
     node["inode"] = st.st_ino
     node["dev"] = st.st_dev
