@@ -38,8 +38,9 @@ import numpy as np
 
 from . import verifystate
 from .aead import fast_key
+from .affected import map_affected
 from .backends.base import pack_name
-from .checkreport import ERROR, INFO, Affected, CheckProgress, CheckResult, Finding
+from .checkreport import ERROR, INFO, CheckProgress, CheckResult, Finding
 from .crypto import OVERHEAD, storage_id
 from .errors import BackendError, IntegrityError, NotFound, UnsupportedVersion
 from .index import MasterIndex, decode_index_file
@@ -49,7 +50,6 @@ from .packs import (BLOB_DATA, BLOB_TREE, BLOB_TYPES, RECORD, BlobCodec, decode_
 from .snapshot import Snapshot
 from .subset import SubsetSpec, select_packs
 from .tree import Node, decode_tree, file_blobs
-from .walker import join
 
 TRAILER_SIZE = 4
 _HEX = frozenset("0123456789abcdef")
@@ -347,6 +347,7 @@ class Checker:
                             blob=tree_id, blob_type=BLOB_TREE)
             with self._lock:
                 self._bad[(BLOB_TREE, tree_id)] = f
+                self._missing_blobs.append(f)
             return None
         except (IntegrityError, UnsupportedVersion) as exc:
             f = self._error("tree_damaged", str(exc), blob=tree_id, blob_type=BLOB_TREE,
@@ -392,7 +393,7 @@ class Checker:
                         blob=blob_id, blob_type=BLOB_DATA)
         with self._lock:
             self._bad[(BLOB_DATA, blob_id)] = f
-        self._missing_blobs.append(f)
+            self._missing_blobs.append(f)
 
     # ------------------------------------------------------------------ information
     def _information(self) -> None:
@@ -542,58 +543,11 @@ class Checker:
                     bad[key] = finding
         return bad
 
-    def _add_affected(self, finding: Finding, snapshot: str, path: bytes, blob: bytes) -> None:
-        finding.affected_total += 1
-        if len(finding.affected) < self.opts.max_affected:
-            finding.affected.append(Affected(snapshot, path, blob))
-
     def _map_affected(self) -> None:
         bad = self._lost()
-        if not bad:
-            return
-        self.progress.phase = "affected"
-        leads: dict[bytes, bool] = {}  # tree id -> a damaged blob lies in or below it
-
-        def tree_nodes(tree_id: bytes) -> list[Node]:
-            try:
-                return self._load_tree(tree_id)
-            except Exception:  # reported in step 3 (or its pack is lost)
-                return []
-
-        def leads_to_damage(tree_id: bytes) -> bool:
-            if tree_id in leads:
-                return leads[tree_id]
-            found = (BLOB_TREE, tree_id) in bad
-            if not found:
-                for node in tree_nodes(tree_id):
-                    if node["type"] == "file":
-                        found = any((BLOB_DATA, b) in bad for b in file_blobs(node))
-                    elif node["type"] == "dir" and node.get("subtree") is not None:
-                        found = leads_to_damage(node["subtree"])
-                    if found:
-                        break
-            leads[tree_id] = found
-            return found
-
-        def visit(snap_id: str, tree_id: bytes, path: bytes) -> None:
-            f = bad.get((BLOB_TREE, tree_id))
-            if f is not None:
-                self._add_affected(f, snap_id, path, tree_id)
-                return
-            for node in tree_nodes(tree_id):
-                child = join(path, node["name"])
-                if node["type"] == "file":
-                    for b in dict.fromkeys(file_blobs(node)):
-                        f = bad.get((BLOB_DATA, b))
-                        if f is not None:
-                            self._add_affected(f, snap_id, child, b)
-                elif node["type"] == "dir" and node.get("subtree") is not None:
-                    if leads_to_damage(node["subtree"]):
-                        visit(snap_id, node["subtree"], child)
-
-        for snap in self._snapshots:
-            if leads_to_damage(snap.tree):
-                visit(snap.id, snap.tree, b"/")
+        if bad:
+            self.progress.phase = "affected"
+            map_affected(self._snapshots, bad, self._load_tree, self.opts.max_affected)
 
     # ------------------------------------------------------------------ 7. state
     def _save_state(self, state: verifystate.LoadedState, verified: list[bytes]) -> None:

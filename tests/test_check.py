@@ -24,6 +24,7 @@ from dedupe.blobsaver import BlobSaver
 from dedupe.checker import CheckOptions, Checker
 from dedupe.config import Config
 from dedupe.crypto import KdfParams
+from dedupe.index import decode_index_file
 from dedupe.packs import BLOB_DATA
 from dedupe.repository import Repository
 from dedupe.restorer import Restorer
@@ -223,11 +224,24 @@ def test_deleted_pack_is_named_with_affected_files_and_repaired(env, tmp_path):
     assert blob not in lost["content"] and lost["size"] < os.path.getsize(path)
 
 
-def test_lost_index_file_is_reported_and_repair_index_makes_the_repository_whole(env, tmp_path):
+def index_file_listing(repo: Repository, pack_id: bytes) -> str:
+    for obj in repo.backend.list("index"):
+        body = decode_index_file(repo.key, repo.backend.get(obj.name), obj.name)
+        if any(pid == pack_id for pid, _ in body["packs"]):
+            return obj.name.split("/", 1)[1]
+    raise AssertionError("no index file lists the pack")
+
+
+@pytest.mark.parametrize("victim", ["data", "tree"])
+def test_lost_index_file_is_reported_and_repair_index_makes_the_repository_whole(
+        env, tmp_path, victim):
     src, repo_dir, cache = env
-    index_files = sorted(os.listdir(os.path.join(repo_dir, "index")))
-    victim = index_files[len(index_files) // 2]
-    os.unlink(os.path.join(repo_dir, "index", victim))
+    repo = open_repo(repo_dir, cache)
+    if victim == "data":  # the index file of a data pack
+        _, _, loc = blob_place(repo, src, "bin/blob3.dat")
+    else:  # the one listing the root tree: nothing below it can be walked any more
+        loc = repo.index.lookup(repo.find_snapshot("latest").tree)
+    os.unlink(os.path.join(repo_dir, "index", index_file_listing(repo, loc.pack_id)))
     r = snap(repo_dir, cache, "--json", "check")
     assert r.returncode == 1
     doc = json.loads(r.stdout.strip().splitlines()[-1])
