@@ -208,15 +208,25 @@ class Repository:
         return set(self._index_ids)
 
     def _load_index(self, progress: Callable[[int, int], None] | None = None) -> MasterIndex:
-        names = [o.name for o in self.backend.list("index")]
+        def fetch(name: str):
+            try:
+                return name, decode_index_file(self.key, self._get_verified(name), name)
+            except NotFound:
+                return name, None
+
+        for _attempt in range(5):
+            names = [o.name for o in self.backend.list("index")]
+            with ThreadPoolExecutor(8) as pool:
+                files = list(pool.map(fetch, names))
+            # A file that vanished after the listing was superseded and deleted by a
+            # concurrent prune, which writes the superseding file first: list again.
+            if all(body is not None for _, body in files):
+                break
+        else:
+            missing = next(name for name, body in files if body is None)
+            raise NotFound(f"{missing} keeps disappearing while the index loads", missing)
         if self.cache is not None:
             self.cache.prune_namespace("index", set(names))
-
-        def fetch(name: str):
-            return name, decode_index_file(self.key, self._get_verified(name), name)
-
-        with ThreadPoolExecutor(8) as pool:
-            files = list(pool.map(fetch, names))
         superseded = {s.hex() for _, body in files for s in body["supersedes"]}
         index = MasterIndex()
         for name, body in files:
@@ -272,9 +282,15 @@ class Repository:
         return ids
 
     def list_snapshots(self) -> list[Snapshot]:
-        """All snapshots, oldest first."""
+        """All snapshots, oldest first (one forgotten while we list is left out)."""
+        def load(sid: str) -> Snapshot | None:
+            try:
+                return self.load_snapshot(sid)
+            except SnapshotNotFound:
+                return None
+
         with ThreadPoolExecutor(8) as pool:
-            snaps = list(pool.map(self.load_snapshot, self.snapshot_ids()))
+            snaps = [s for s in pool.map(load, self.snapshot_ids()) if s is not None]
         return sorted(snaps, key=lambda s: (s.time, s.id))
 
     def delete_snapshot(self, snapshot_id: str) -> None:
