@@ -75,17 +75,22 @@ def _print_finding(app: App, f: Finding) -> None:
     if limit is not None and len(f.objects) > limit:
         out.print(f"  ... and {len(f.objects) - limit} more (-v lists all)", markup=False)
     if f.affected_total:
-        snaps = len({a.snapshot for a in f.affected})
-        out.print(f"  affects {f.affected_total} paths in {snaps}"
-                  f"{'+' if len(f.affected) < f.affected_total else ''} snapshots:",
+        groups: dict[tuple[str, bytes], list[bytes]] = {}
+        for a in f.affected:
+            groups.setdefault((a.snapshot, a.path), []).append(a.blob)
+        more = "+" if len(f.affected) < f.affected_total else ""
+        snaps = len({s for s, _ in groups})
+        out.print(f"  affects {len(groups)}{more} paths in {snaps}{more} snapshots:",
                   markup=False, soft_wrap=True)
-        shown = f.affected if app.verbose else f.affected[:SHOWN_AFFECTED]
-        for a in shown:
-            out.print(f"    snapshot {a.snapshot[:8]} {path_text(a.path)}  (blob {a.blob.hex()[:16]})",
-                      markup=False, soft_wrap=True)
-        if f.affected_total > len(shown):
-            out.print(f"    ... and {f.affected_total - len(shown)} more"
-                      + (" (-v lists more)" if not app.verbose else ""), markup=False)
+        items = list(groups.items())
+        shown = items if app.verbose else items[:SHOWN_AFFECTED]
+        for (snap_id, path), blobs in shown:
+            ids = ", ".join(b.hex()[:16] for b in blobs)
+            out.print(f"    snapshot {snap_id[:8]} {path_text(path)}  (blob{'s' if len(blobs) > 1 else ''} "
+                      f"{ids})", markup=False, soft_wrap=True)
+        if len(items) > len(shown) or more:
+            out.print("    ... and more (" + ("--json lists up to 1000 per problem)" if app.verbose
+                                               else "-v lists more)"), markup=False)
 
 
 def _summary(app: App, r: CheckResult) -> None:

@@ -370,3 +370,42 @@ def test_check_and_stale_state_on_every_backend(repo_location, tmp_path):
     assert len(states) == 1
     from dedupe.verifystate import load_state
     assert len(load_state(Repository.open(open_backend(url), PW, no_cache=True)).times) == res.packs
+
+
+def test_truncated_pack_is_named_by_plain_check(env):
+    src, repo_dir, cache = env
+    repo = open_repo(repo_dir, cache)
+    path, blob, loc = blob_place(repo, src, "bin/blob5.dat")
+    pack_file = os.path.join(repo_dir, "data", loc.pack_id.hex()[:2], loc.pack_id.hex())
+    size = os.path.getsize(pack_file)
+    os.truncate(pack_file, size - 100)
+    doc = json.loads(snap(repo_dir, cache, "--json", "check").stdout.strip().splitlines()[-1])
+    [err] = doc["errors"]
+    assert err["kind"] == "pack_size" and str(size - 100) in err["message"]
+    assert path in {a["path"] for a in err["affected"]}
+    # reading it shows which blobs survived: the header is gone, the blobs are intact
+    doc = json.loads(snap(repo_dir, cache, "--json", "check", "--read-data")
+                     .stdout.strip().splitlines()[-1])
+    assert {e["kind"] for e in doc["errors"]} == {"pack_size", "pack_name", "pack_header"}
+
+
+def test_lost_directory_trees_become_empty_directories(env):
+    src, repo_dir, cache = env
+    repo = open_repo(repo_dir, cache)
+    first, latest = repo.list_snapshots()
+    deep = os.path.join(src, "deep")  # unchanged since the first backup: its trees are old
+    lost = repo.index.lookup(find_node(repo, latest.tree, deep)["subtree"]).pack_id
+    assert lost != repo.index.lookup(latest.tree).pack_id
+    os.unlink(os.path.join(repo_dir, "data", lost.hex()[:2], lost.hex()))
+    r = snap(repo_dir, cache, "check")
+    assert r.returncode == 1 and f"snapshot {latest.id[:8]} {deep}  (blob" in r.stderr
+    assert snap(repo_dir, cache, "repair", "index").returncode == 0
+    r = snap(repo_dir, cache, "repair", "snapshots", "--forget")
+    assert f"{deep}: replaced with empty directory" in r.stdout
+    assert snap(repo_dir, cache, "check").returncode == 0
+    repo = open_repo(repo_dir, cache)
+    repaired = repo.find_snapshot("latest")
+    assert repaired.original == latest.id and "repaired" in repaired.tags
+    assert find_node(repo, repaired.tree, deep)["type"] == "dir"
+    assert [p for p, _ in walk(repo, repaired.tree) if p.startswith(deep.encode() + b"/")] == []
+    assert len(repo.list_snapshots()) <= 2  # the first may be unrepairable (root lost): forgotten
