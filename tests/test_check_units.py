@@ -20,12 +20,11 @@ from dedupe.packs import BLOB_DATA, PackBuilder
 from dedupe.subset import SubsetSpec, select_packs
 from dedupe.verifystate import decode_state, encode_state
 
-pytestmark = pytest.mark.skipif(not aead.AVAILABLE, reason="cryptography not installed")
-
 pack_ids = st.binary(min_size=32, max_size=32)
 pack_sets = st.dictionaries(pack_ids, st.integers(1, 1 << 24), max_size=300)
 
 
+@pytest.mark.skipif(not aead.AVAILABLE, reason="cryptography not installed")
 @settings(max_examples=60, deadline=None)
 @given(st.binary(max_size=5000), st.binary(max_size=40), st.integers(0, 4999))
 def test_openssl_and_libsodium_agree(message, ad, flip):
@@ -41,6 +40,13 @@ def test_openssl_and_libsodium_agree(message, ad, flip):
             k.open(bytes(damaged), ad)
     with pytest.raises(IntegrityError):
         fast.open(sealed, ad + b"x")
+
+
+@pytest.mark.skipif(not aead.AVAILABLE, reason="cryptography not installed")
+@settings(max_examples=30, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.binary(min_size=16, max_size=16))
+def test_hchacha20_paths_agree(key, nonce):
+    assert aead.hchacha20(key, nonce) == aead.hchacha20_keystream(key, nonce)
 
 
 @settings(max_examples=80, deadline=None)
