@@ -115,10 +115,13 @@ def main() -> int:
         results["first_byte_s"] = time.perf_counter() - t0
 
         many = mnt / "snapshots" / names[0] / inner / "many"
-        for label in ("ls_l_cold_s", "ls_l_warm_s"):
+        times = []
+        for _ in range(4):  # the first is cold (tree not loaded); the best of the rest is warm
             t0 = time.perf_counter()
             out = subprocess.run(["ls", "-l", str(many)], stdout=subprocess.PIPE, check=True)
-            results[label] = time.perf_counter() - t0
+            times.append(time.perf_counter() - t0)
+        results["ls_l_cold_s"] = times[0]
+        results["ls_l_warm_s"] = min(times[1:])
         results["ls_l_lines"] = out.stdout.count(b"\n")
 
         big = mnt / "snapshots" / names[-1] / inner / "big.bin"
@@ -132,6 +135,7 @@ def main() -> int:
         results["seq_read_bytes"] = total
         results["seq_read_s"] = elapsed
         results["seq_read_mb_s"] = total / elapsed / 1e6
+        results["load_average_1m"] = os.getloadavg()[0]  # the machine is shared: context
     finally:
         if proc is not None:
             proc.terminate()

@@ -42,7 +42,8 @@ _TYPE_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK
               "socket": stat.S_IFSOCK}
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 ENOATTR = getattr(errno, "ENOATTR", errno.ENODATA)
-CAP_CACHE_SYMLINKS = 1 << 23  # FUSE_CAP_CACHE_SYMLINKS in libfuse3's fuse_common.h
+CAP_READDIRPLUS_AUTO = 1 << 14  # FUSE_CAP_* flags of libfuse3's fuse_common.h
+CAP_CACHE_SYMLINKS = 1 << 23
 STAT_KEYS = ("st_ino", "st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_blocks",
              "st_rdev", "st_atime", "st_mtime", "st_ctime")
 
@@ -87,6 +88,7 @@ class SnapshotFS:
         self.contents: LoadingLRU[tuple, FileContent] = LoadingLRU(
             lambda items: FileContent(repo.index, items), 1024)
         self._handles: dict[int, tuple[FileContent, ReadCursor, str]] = {}
+        self._listings: dict[int, list[tuple] | None] = {}
         self._next_fh = itertools.count(1)
         self._paths: dict[str, tuple] = {}
         self._paths_max = 100_000  # its nodes may outlive the tree LRU: keep it modest
@@ -209,6 +211,10 @@ class SnapshotFS:
         # drops the cached target once attributes are revalidated.
         if conn is not None and conn.capable & CAP_CACHE_SYMLINKS:
             conn.want |= CAP_CACHE_SYMLINKS
+        # Attributes with every readdir reply, not only the first page of a listing ("auto"
+        # mode): otherwise ls -l of a large directory makes one LOOKUP per entry after it.
+        if conn is not None:
+            conn.want &= ~CAP_READDIRPLUS_AUTO
         self.init("/")
 
     def init(self, path: str) -> None:
@@ -237,14 +243,25 @@ class SnapshotFS:
     def opendir(self, path: str) -> int:
         obj, _ = self._guard(self.resolve, path)
         if isinstance(obj, (VDir, Snapshot)) or (isinstance(obj, dict) and obj.get("type") == "dir"):
-            return 0
+            fh = next(self._next_fh)
+            self._listings[fh] = None
+            return fh
         raise _err(errno.ENOTDIR)
 
     def releasedir(self, path: str, fh: int) -> int:
+        self._listings.pop(fh, None)
         return 0
 
     def readdir(self, path: str, fh: int) -> list:  # mfusepy registers readdir by this name
         return [name for name, _ in self.readdir_plus(path, False)]
+
+    def listing(self, path: str, fh: int, offset: int) -> list[tuple]:
+        """``readdir_plus`` of an open directory, computed once per pass: the kernel reads a
+        large directory in many small requests, each resuming at an offset."""
+        entries = self._listings.get(fh)
+        if entries is None or offset == 0:
+            entries = self._listings[fh] = self.readdir_plus(path, True)
+        return entries
 
     def readdir_plus(self, path: str, plus: bool = True) -> list[tuple]:
         """[(name, stat tuple or None)] including "." and ".."; with ``plus`` False only the

@@ -28,7 +28,6 @@ from .fuse import SnapshotFS, ENOATTR
 
 log = logging.getLogger("dedupe.fuse")
 
-READDIR_PLUS = 1  # enum fuse_readdir_flags: the kernel asked for attributes too
 FILL_DIR_PLUS = 2  # enum fuse_fill_dir_flags: the stat passed to the filler is complete
 
 
@@ -132,9 +131,26 @@ def _fuse_class(mfusepy):
         exceptions, and permanent thread states for libfuse's worker threads."""
 
         def _wrapper(self, func, *args, **kwargs):
+            # mfusepy's wrapper, leaner (this runs for every request) and with EIO rather than
+            # EINVAL for a bug: the caller sees a failed read, not a misleading argument error.
             if not getattr(_tls, "pinned", False):
                 _pin_thread_state()
-            return super()._wrapper(func, *args, **kwargs)
+            try:
+                return func(*args, **kwargs) or 0
+            except OSError as exc:
+                if func.__name__.startswith("init"):
+                    raise
+                code = exc.errno
+                return -code if isinstance(code, int) and code > 0 else -errno.EIO
+            except Exception:
+                if func.__name__.startswith("init"):
+                    raise
+                log.exception("FUSE operation %s failed", func.__name__)
+                return -errno.EIO
+            except BaseException:  # noqa: BLE001 - never unwind into libfuse's C frames
+                log.critical("FUSE operation %s was aborted", func.__name__, exc_info=True)
+                mfusepy.fuse_exit()
+                return -errno.EFAULT
 
         def read(self, path, buf, size, offset, fip):
             # Straight from the cached blobs into libfuse's buffer: one copy, not three.
@@ -166,21 +182,19 @@ def _fuse_class(mfusepy):
             return len(data)
 
         def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
-            plus = bool(flags & READDIR_PLUS)
-            entries = self.operations.readdir_plus(path.decode(self.encoding, self.errors), plus)
+            # Entries carry offsets (index + 1) and, with READDIRPLUS, complete attributes:
+            # libfuse 3.14 only passes attributes on to the kernel for entries filled with a
+            # nonzero offset; with offset 0 the kernel would LOOKUP every entry afterwards.
+            entries = self.operations.listing(path.decode(self.encoding, self.errors),
+                                              fip.contents.fh, offset)
             st = mfusepy.c_stat()
-            size = ctypes.sizeof(st)
-            addr = ctypes.addressof(st)
             atime, mtime, ctime = st.st_atimespec, st.st_mtimespec, st.st_ctimespec
             encoding, errors = self.encoding, self.errors
-            for name, t in entries:
+            for i in range(offset, len(entries)):
+                name, t = entries[i]
                 raw = name.encode(encoding, errors)
                 if t is None:
-                    full = filler(buf, raw, None, 0, 0)
-                elif len(t) == 1:
-                    ctypes.memset(addr, 0, size)
-                    st.st_mode = t[0]
-                    full = filler(buf, raw, st, 0, 0)
+                    full = filler(buf, raw, None, i + 1, 0)
                 else:
                     # Field by field: mfusepy's set_st_attrs costs several times more, and a
                     # 10,000-entry directory pays it 10,000 times.
@@ -189,7 +203,7 @@ def _fuse_class(mfusepy):
                     atime.tv_sec, atime.tv_nsec = divmod(t[8], 1_000_000_000)
                     mtime.tv_sec, mtime.tv_nsec = divmod(t[9], 1_000_000_000)
                     ctime.tv_sec, ctime.tv_nsec = divmod(t[10], 1_000_000_000)
-                    full = filler(buf, raw, st, 0, FILL_DIR_PLUS if plus else 0)
+                    full = filler(buf, raw, st, i + 1, FILL_DIR_PLUS)
                 if full:
                     break
             return 0
