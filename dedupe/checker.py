@@ -193,17 +193,21 @@ class Checker:
     # ------------------------------------------------------------------ 1. index, snapshots
     def _load_index(self) -> None:
         self.progress.phase = "index"
-        names = [o.name for o in self.repo.backend.list("index")]
-
         def fetch(name: str):
             try:
                 return name, decode_index_file(self._key, self._fetch_verified(name), name), None
             except NotFound:
-                return name, None, None  # removed meanwhile (a concurrent repair)
+                return name, None, None
             except (IntegrityError, UnsupportedVersion) as exc:
                 return name, None, exc
 
-        files = self._pool_map(fetch, names)
+        for _attempt in range(3):
+            names = [o.name for o in self.repo.backend.list("index")]
+            files = self._pool_map(fetch, names)
+            # A file that vanished was superseded by a prune that ran meanwhile; its
+            # successor may not have been listed yet, so list and load again.
+            if all(body is not None or exc is not None for _, body, exc in files):
+                break
         superseded = {s.hex() for _, body, _ in files if body for s in body["supersedes"]}
         leftovers = []
         for name, body, exc in files:

@@ -409,3 +409,24 @@ def test_lost_directory_trees_become_empty_directories(env):
     assert find_node(repo, repaired.tree, deep)["type"] == "dir"
     assert [p for p, _ in walk(repo, repaired.tree) if p.startswith(deep.encode() + b"/")] == []
     assert len(repo.list_snapshots()) <= 2  # the first may be unrepairable (root lost): forgotten
+
+
+def test_index_rewritten_while_loading_is_loaded_again(env):
+    """A prune may replace the index files between check's listing and its reads."""
+    from dedupe.repair import repair_index
+
+    src, repo_dir, cache = env
+
+    class RewriteOnFirstRead(LocalBackend):  # the real directory; the rewrite is real too
+        fired = False
+
+        def get(self, name, offset=0, length=None):
+            if name.startswith("index/") and not self.fired:
+                self.fired = True
+                repair_index(open_repo(repo_dir, cache + "-other"), lock=False)
+            return super().get(name, offset, length)
+
+    backend = RewriteOnFirstRead(repo_dir)
+    res = Checker(Repository.open(backend, PW, cache_root=cache), CheckOptions()).run()
+    assert backend.fired and res.ok, [f.message for f in res.errors]
+    assert res.index_files == 1
