@@ -7,6 +7,8 @@ import os
 
 import click
 
+from dedupe.locks import SHARED, Lock
+
 from .app import App, UsageError, pass_app
 from .selection import filter_options, make_filter
 
@@ -43,8 +45,12 @@ def _log_to_stderr(app: App) -> None:
 @click.option("--no-default-permissions", is_flag=True,
               help="With --allow-other: do not check file permissions, every user may read "
                    "every file.")
+@click.option("--no-lock", is_flag=True,
+              help="Do not lock the repository (for read-only media; prune may then delete "
+                   "data the mount still shows).")
 @pass_app
-def command(app: App, mountpoint, hosts, tags, paths, allow_other, no_default_permissions) -> int:
+def command(app: App, mountpoint, hosts, tags, paths, allow_other, no_default_permissions,
+            no_lock) -> int:
     """Serve the repository as a read-only filesystem at MOUNTPOINT until Ctrl-C.
 
     Layout: snapshots/<time>/ (and snapshots/latest), ids/<short id>/, hosts/<host>/<time>/,
@@ -59,14 +65,23 @@ def command(app: App, mountpoint, hosts, tags, paths, allow_other, no_default_pe
         raise UsageError(problem)
     _log_to_stderr(app)
     repo = app.open_repo()
-    repo.index  # noqa: B018 - load it before mounting, not in the first lookup
-    fs = SnapshotFS(repo, make_filter(hosts, tags, paths))
+    # A shared lock, as a backup holds: prune then only marks the packs it would delete and
+    # leaves them in place while we run, so files being read do not vanish.
+    lock = None if no_lock else Lock(repo, SHARED, "mount")
+    if lock is not None:
+        lock.acquire_shared()
+    try:
+        repo.index  # noqa: B018 - load it before mounting, not in the first lookup
+        fs = SnapshotFS(repo, make_filter(hosts, tags, paths))
 
-    def ready() -> None:
-        app.info(f"Now serving the repository at {mountpoint}; use another terminal to "
-                 "browse, Ctrl-C to unmount")
+        def ready() -> None:
+            app.info(f"Now serving the repository at {mountpoint}; use another terminal to "
+                     "browse, Ctrl-C to unmount")
 
-    serve(fs, mountpoint, allow_other=allow_other,
-          default_permissions=not no_default_permissions, on_ready=ready)
+        serve(fs, mountpoint, allow_other=allow_other,
+              default_permissions=not no_default_permissions, on_ready=ready)
+    finally:
+        if lock is not None:
+            lock.release()
     app.verbose_info(f"unmounted {mountpoint}")
     return 0

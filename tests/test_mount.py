@@ -345,15 +345,19 @@ def test_damaged_blob_gives_eio_not_wrong_bytes(tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_unmounts_even_with_open_file(local_repo, tmp_path, sig):
+    locks = Path(local_repo["url"]) / "locks"
+    before = set(os.listdir(locks)) if locks.exists() else set()  # other tests' mounts
     m = Mount(local_repo["url"], tmp_path / "mnt", local_repo["cache"])
     try:
         assert "Now serving the repository at" in m.proc.stdout.readline()
+        assert len(set(os.listdir(locks)) - before) == 1  # a shared lock while mounted
         f = open(snap_dir(m.mnt, local_repo, 0) / "big.bin", "rb", buffering=0)
         try:
             assert f.read(10) == local_repo["big"][:10]
             rc, out, err = m.stop(sig)
             assert rc == 0, err
             assert not is_mounted(str(m.mnt))
+            assert set(os.listdir(locks)) == before  # ours is gone
             with pytest.raises(OSError):
                 os.pread(f.fileno(), 10, 15 << 20)  # past what the kernel has cached
         finally:
