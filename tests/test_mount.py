@@ -371,6 +371,21 @@ def test_signal_unmounts_even_with_open_file(local_repo, tmp_path, sig):
     assert err == ""
 
 
+def test_sigkill_leaves_no_stale_mount(local_repo, tmp_path):
+    """Even a process that cannot clean up (SIGKILL, a crash) leaves no dead mount behind:
+    fusermount3's auto_unmount helper detaches it."""
+    m = Mount(local_repo["url"], tmp_path / "mnt", local_repo["cache"], "--no-lock")
+    try:
+        m.proc.kill()
+        m.proc.communicate(timeout=30)
+        deadline = time.monotonic() + 10
+        while is_mounted(str(m.mnt)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not is_mounted(str(m.mnt))
+    finally:
+        m.close()
+
+
 def test_filters_and_cli_errors(local_repo, tmp_path):
     m = Mount(local_repo["url"], tmp_path / "mnt", local_repo["cache"], "--host", "beta")
     try:
