@@ -93,6 +93,7 @@ class SnapshotFS:
         self._paths: dict[str, tuple] = {}
         self._paths_max = 100_000  # its nodes may outlive the tree LRU: keep it modest
         self._refresh_lock = threading.Lock()
+        self._snap_ids: set[str] = set()
         self._index_names = self._list_index_names()
         self._layout = self._build(repo.list_snapshots())
         self._refreshed = time.monotonic()
@@ -103,6 +104,7 @@ class SnapshotFS:
 
     # ------------------------------------------------------------------ snapshot list
     def _build(self, snaps: list[Snapshot]) -> VDir:
+        self._snap_ids = {s.id for s in snaps}
         return build_layout([s for s in snaps if self.filter(s)], self.started)
 
     def _list_index_names(self) -> set[str]:
@@ -117,13 +119,16 @@ class SnapshotFS:
             return
         try:
             self._refreshed = time.monotonic()
+            # Snapshots first, then index files: a backup writes its index before its
+            # snapshot, so every snapshot seen here has its blobs in the index read next.
             snaps = self.repo.list_snapshots()
             names = self._list_index_names()
             if names != self._index_names:
                 self.repo.reload_index()
                 self._index_names = names
-            self._layout = self._build(snaps)
-            self._paths.clear()  # names may now point elsewhere (a snapshot was forgotten)
+            if {s.id for s in snaps} != self._snap_ids:
+                self._layout = self._build(snaps)
+                self._paths.clear()  # names may now point elsewhere (a snapshot was forgotten)
         except SnapError as exc:
             log.warning("cannot refresh the snapshot list: %s", exc)
         finally:

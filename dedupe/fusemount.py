@@ -298,12 +298,14 @@ def serve(fs: SnapshotFS, mountpoint: str, *, allow_other: bool = False,
     saved = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)}
     thread = threading.Thread(target=run, name="snap-fuse", daemon=True)
     device = None  # "major:minor" of our mount, to never touch another mount at the same path
+    announced = False
     try:
         thread.start()
         while True:
             wake.wait()
             wake.clear()
-            if fs.ready.is_set() and device is None and "done" not in result:
+            if fs.ready.is_set() and not announced and "done" not in result:
+                announced = True
                 device = _device_of(mountpoint)
                 if on_ready is not None:
                     on_ready()
