@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 
 import click
 
@@ -20,9 +22,9 @@ def _check_mountpoint(mountpoint: str) -> None:
         raise UsageError(f"mountpoint {mountpoint} does not exist") from None
     except OSError as exc:
         hint = (f" (a stale mount? run 'fusermount3 -u {mountpoint}')"
-                if exc.errno == 107 else "")  # ENOTCONN: a FUSE mount whose process died
+                if exc.errno == errno.ENOTCONN else "")  # a FUSE mount whose process died
         raise UsageError(f"mountpoint {mountpoint}: {exc.strerror}{hint}") from None
-    if not os.path.isdir(mountpoint) or not st:
+    if not stat.S_ISDIR(st.st_mode):
         raise UsageError(f"mountpoint {mountpoint} is not a directory")
 
 
@@ -75,6 +77,8 @@ def command(app: App, mountpoint, hosts, tags, paths, allow_other, no_default_pe
         fs = SnapshotFS(repo, make_filter(hosts, tags, paths))
 
         def ready() -> None:
+            if app.json:  # scripts learn when the mount is usable
+                app.emit_json({"message_type": "mounted", "mountpoint": mountpoint})
             app.info(f"Now serving the repository at {mountpoint}; use another terminal to "
                      "browse, Ctrl-C to unmount")
 

@@ -8,6 +8,7 @@ even when a test fails, so a broken test cannot leave a mount behind.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import shutil
@@ -387,8 +388,11 @@ def test_sigkill_leaves_no_stale_mount(local_repo, tmp_path):
 
 
 def test_filters_and_cli_errors(local_repo, tmp_path):
-    m = Mount(local_repo["url"], tmp_path / "mnt", local_repo["cache"], "--host", "beta")
+    m = Mount(local_repo["url"], tmp_path / "mnt", local_repo["cache"], "--host", "beta",
+              "--json")
     try:
+        assert json.loads(m.proc.stdout.readline()) == {"message_type": "mounted",
+                                                         "mountpoint": str(m.mnt)}
         assert os.listdir(m.mnt / "ids") == [local_repo["snaps"][1].short_id]
         assert os.listdir(m.mnt / "hosts") == ["beta"]
         rc, _, _ = m.stop()
