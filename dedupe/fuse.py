@@ -100,6 +100,7 @@ class SnapshotFS:
         self.ready = threading.Event()
         #: Looking this name up in the root ends the session (see ``serve``).
         self.exit_name = f".snap-unmount-{uuid.uuid4().hex}"
+        self._exit_path = "/" + self.exit_name
         self._on_init: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ snapshot list
@@ -128,7 +129,7 @@ class SnapshotFS:
                 self._index_names = names
             if {s.id for s in snaps} != self._snap_ids:
                 self._layout = self._build(snaps)
-                self._paths.clear()  # names may now point elsewhere (a snapshot was forgotten)
+                self._paths.clear()  # entries of the old layout are dead weight now
         except SnapError as exc:
             log.warning("cannot refresh the snapshot list: %s", exc)
         finally:
@@ -148,10 +149,11 @@ class SnapshotFS:
 
     def resolve(self, path: str) -> tuple[Entry | Node, Snapshot | None]:
         """(layout entry or tree node, the snapshot it is in). Raises ENOENT/ENOTDIR."""
+        layout = self._layout
         hit = self._paths.get(path)
-        if hit is not None:
-            return hit
-        obj: Entry | Node = self._layout
+        if hit is not None and hit[2] is layout:
+            return hit[0], hit[1]
+        obj: Entry | Node = layout
         snap: Snapshot | None = None
         for comp in path.split("/"):
             if not comp:
@@ -170,15 +172,16 @@ class SnapshotFS:
                     raise _err(errno.ENOENT)
             else:
                 raise _err(errno.ENOTDIR)
-        self._remember(path, obj, snap)
+        self._remember(path, obj, snap, layout)
         return obj, snap
 
-    def _remember(self, path: str, obj, snap: Snapshot | None) -> None:
+    def _remember(self, path: str, obj, snap: Snapshot | None, layout: VDir) -> None:
         # The kernel sends full paths for every call (getattr, two getxattr per file for
-        # ls -l...): a flat map makes repeated lookups one dict access. Bounded crudely.
+        # ls -l...): a flat map makes repeated lookups one dict access. Entries remember the
+        # layout they were resolved in and die with it. Bounded crudely.
         if len(self._paths) >= self._paths_max:
             self._paths.clear()
-        self._paths[path] = (obj, snap)
+        self._paths[path] = (obj, snap, layout)
 
     # ------------------------------------------------------------------ attributes
     def _stat(self, obj, snap: Snapshot | None, path: str) -> tuple:
@@ -231,7 +234,7 @@ class SnapshotFS:
         pass
 
     def getattr(self, path: str, fh: int | None = None) -> dict:
-        if path == "/" + self.exit_name:
+        if path == self._exit_path:
             _exit_session()
             raise _err(errno.ENOENT)
         obj, snap = self._guard(self.resolve, path)
@@ -271,6 +274,7 @@ class SnapshotFS:
     def readdir_plus(self, path: str, plus: bool = True) -> list[tuple]:
         """[(name, stat tuple or None)] including "." and ".."; with ``plus`` False only the
         type bits are given (a 1-tuple of the mode)."""
+        layout = self._layout  # before resolving: entries tagged with it are never newer
         obj, snap = self._guard(self.resolve, path)
         if isinstance(obj, VDir):
             self.refresh()
@@ -288,7 +292,7 @@ class SnapshotFS:
         for raw, node in self._guard(self._children, obj).items():
             name = _fs_name(raw)
             child = prefix + name
-            remember(child, node, snap)
+            remember(child, node, snap, layout)
             out.append((name, self._stat(node, snap, child) if plus else
                         (_TYPE_BITS.get(node.get("type"), stat.S_IFREG),)))
         return out

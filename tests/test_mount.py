@@ -419,7 +419,7 @@ def test_layout_refresh_sees_new_snapshots(tmp_path):
     (src / "a.txt").write_bytes(b"first\n")
     repo = Repository.init(open_backend(str(tmp_path / "repo")), PASSWORD.encode(),
                            kdf=KdfParams(1, 8 << 20), cache_root=str(tmp_path / "cache"))
-    Archiver(repo, BackupOptions(time=T1)).backup([str(src)])
+    snap1 = Archiver(repo, BackupOptions(time=T1)).backup([str(src)]).snapshot
     reader = Repository.open(open_backend(str(tmp_path / "repo")), PASSWORD.encode(),
                              cache_root=str(tmp_path / "cache"))
     fs = SnapshotFS(reader, SnapshotFilter(), refresh_interval=3600)
@@ -436,6 +436,15 @@ def test_layout_refresh_sees_new_snapshots(tmp_path):
         fh = fs.open(path, os.O_RDONLY)
         assert fs.read(path, 100, 0, fh) == b"brand new data\n"
         fs.release(path, fh)
+        # A forgotten snapshot disappears, also from paths resolved (and cached) before.
+        old_path = f"/ids/{snap1.short_id}{src}/a.txt"
+        assert fs.getattr(old_path)["st_size"] == 6
+        repo.delete_snapshot(snap1.id)
+        fs.refresh()
+        with pytest.raises(OSError) as exc:
+            fs.getattr(old_path)
+        assert exc.value.errno == errno.ENOENT
+        assert [n for n, _ in fs.readdir_plus("/ids")] == [".", "..", snap2.short_id]
     finally:
         fs.close()
 
