@@ -17,6 +17,7 @@ import errno
 import gc
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -231,9 +232,8 @@ def is_mounted(mountpoint: str, device: str | None = None) -> bool:
 
 
 def _unescape(field: str) -> str:
-    for code, ch in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
-        field = field.replace(code, ch)
-    return field
+    """Undo the kernel's octal escapes in /proc mount tables (space is \\040, and so on)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def lazy_unmount(mountpoint: str) -> bool:

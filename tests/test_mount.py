@@ -348,8 +348,10 @@ def test_damaged_blob_gives_eio_not_wrong_bytes(tmp_path):
 def test_signal_unmounts_even_with_open_file(local_repo, tmp_path, sig):
     locks = Path(local_repo["url"]) / "locks"
     before = set(os.listdir(locks)) if locks.exists() else set()  # other tests' mounts
-    m = Mount(local_repo["url"], tmp_path / "mnt", local_repo["cache"])
+    # A space in the path: the mount table escapes it, and is_mounted must still find it.
+    m = Mount(local_repo["url"], tmp_path / "mount point", local_repo["cache"])
     try:
+        assert is_mounted(str(m.mnt))
         assert "Now serving the repository at" in m.proc.stdout.readline()
         assert len(set(os.listdir(locks)) - before) == 1  # a shared lock while mounted
         f = open(snap_dir(m.mnt, local_repo, 0) / "big.bin", "rb", buffering=0)
