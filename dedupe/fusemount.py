@@ -6,7 +6,9 @@ What mfusepy does not do for us, and why it is here:
   directory needs no LOOKUP round trip per entry;
 - reads copied straight from the cached blob into libfuse's buffer;
 - libfuse's log messages into ``logging`` (logger ``dedupe.fuse``) instead of stderr;
-- shutdown on SIGINT/SIGTERM/SIGHUP that always unmounts, also with files held open.
+- shutdown on SIGINT/SIGTERM/SIGHUP that always unmounts, also with files held open
+  (``auto_unmount`` covers a process that is killed outright);
+- rare cyclic garbage collection while serving (see ``serve``).
 """
 
 from __future__ import annotations
