@@ -387,10 +387,16 @@ def filter_snapshots(
     ]
 
 
+def _instant(moment: datetime) -> datetime:
+    # Compare instants in UTC: Python's == is False across zones for a wall time in a DST
+    # fold (PEP 495), so two snapshots taken at the same instant could otherwise differ.
+    return moment.astimezone(timezone.utc)
+
+
 def sort_newest_first(snapshots: Iterable[S]) -> list[S]:
     """Newest first; equal instants ordered by id ascending (deterministic ties)."""
     by_id = sorted(snapshots, key=lambda s: s.id)
-    return sorted(by_id, key=lambda s: s.time, reverse=True)  # stable, also with reverse
+    return sorted(by_id, key=lambda s: _instant(s.time), reverse=True)  # stable sort
 
 
 # --- time arithmetic -------------------------------------------------------------------------
@@ -549,8 +555,9 @@ def apply_policy(
     def wall_of(moment: datetime) -> datetime:
         return moment if tz == RECORDED else moment.astimezone(tz)
 
-    past = [s.time for s in ordered if s.time < now]
-    reference = max(past) if past else None
+    # within rules measure back from the newest snapshot that is not in the future
+    past = [s.time for s in ordered if _instant(s.time) < now]
+    reference = past[0] if past else None
     arithmetic_zone = None if tz == RECORDED or tz is None else tz
     if tz == RECORDED and reference is not None:
         arithmetic_zone = reference.tzinfo
@@ -572,13 +579,14 @@ def apply_policy(
         is_oldest = nr == len(ordered) - 1
         wall = wall_of(snap.time)
         reasons = [KeepReason("tag", tags=tl) for tl in policy.keep_tags if has_tags(snap.tags, tl)]
-        if not policy.within.is_zero() and (within_cutoff is None or snap.time > within_cutoff):
+        instant = _instant(snap.time)
+        if not policy.within.is_zero() and (within_cutoff is None or instant > within_cutoff):
             reasons.append(KeepReason("within", duration=policy.within))
         for rule in counted:
             if (hit := rule.offer(wall, nr, is_oldest)) is not None:
                 reasons.append(KeepReason(rule.name, ordinal=hit[0], oldest=hit[1]))
         for rule, d, limit in within_rules:
-            if limit is not None and snap.time <= limit:
+            if limit is not None and instant <= limit:
                 continue
             if (hit := rule.offer(wall, nr, is_oldest)) is not None:
                 reasons.append(KeepReason(rule.name, ordinal=hit[0], oldest=hit[1], duration=d))
