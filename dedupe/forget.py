@@ -24,6 +24,7 @@ Buckets and time zone
     machine running forget (the default), or ``RECORDED`` = each snapshot's own wall clock
     as stored with its UTC offset. restic effectively does the latter (Go keeps the parsed
     offset); the two agree whenever backups were taken in the zone where forget runs.
+    (With RECORDED and mixed offsets bucket order can jump; then the walk below counts.)
     In a DST fall-back the repeated hour is one hourly bucket and the day has 25 hours.
 
 Counted rules: ``last``, ``hourly``, ``daily``, ``weekly``, ``monthly``, ``yearly`` (N > 0,
@@ -89,20 +90,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone, tzinfo
-from typing import (
-    Any,
-    Callable,
-    Final,
-    Generic,
-    Hashable,
-    Iterable,
-    Literal,
-    NamedTuple,
-    Protocol,
-    Sequence,
-    TypeVar,
-    Union,
-)
+from typing import (Any, Callable, Final, Generic, Hashable, Iterable, Literal, NamedTuple,
+                    Protocol, Sequence, TypeVar, Union)
 
 UNLIMITED: Final = -1
 RECORDED: Final = "recorded"
@@ -438,7 +427,7 @@ def _cutoff(reference: datetime, d: Duration, zone: tzinfo | None) -> datetime |
         day = first + timedelta(days=wall.day - 1 - d.days)
         instant = _go_date(datetime.combine(day, wall.time()), _offset_function(zone))
         return instant - timedelta(hours=d.hours)
-    except OverflowError:  # before year 1: every snapshot is younger than that
+    except (OverflowError, OSError):  # before year 1: every snapshot is younger than that
         return None
 
 
@@ -544,6 +533,9 @@ def apply_policy(
     the current time, only used to ignore future snapshots as within reference (aware;
     defaults to the clock). Every input snapshot appears in the result exactly once.
     """
+    if isinstance(tz, str) and tz != RECORDED:
+        raise ValueError(f"tz must be a tzinfo, None (system zone) or {RECORDED!r}")
+    recorded = tz == RECORDED
     ordered = sort_newest_first(snapshots)
     if not ordered:
         return []
@@ -552,15 +544,17 @@ def apply_policy(
     elif now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
 
+    zone = None if isinstance(tz, str) else tz
+
     def wall_of(moment: datetime) -> datetime:
-        return moment if tz == RECORDED else moment.astimezone(tz)
+        return moment if recorded else moment.astimezone(zone)
 
     # within rules measure back from the newest snapshot that is not in the future
     past = [s.time for s in ordered if _instant(s.time) < now]
     reference = past[0] if past else None
-    arithmetic_zone = None if tz == RECORDED or tz is None else tz
-    if tz == RECORDED and reference is not None:
-        arithmetic_zone = reference.tzinfo
+    arithmetic_zone = zone
+    if recorded:
+        arithmetic_zone = None if reference is None else reference.tzinfo
 
     def cutoff(d: Duration) -> datetime | None:
         return None if reference is None else _cutoff(reference, d, arithmetic_zone)
@@ -616,6 +610,26 @@ class GroupPlan(Generic[S]):
     def removes_all(self) -> bool:
         """True if the policy would remove every snapshot of this (non-empty) group."""
         return bool(self.decisions) and not any(d.keep for d in self.decisions)
+
+    def to_dict(self, render: Callable[[S], dict[str, Any]] | None = None) -> dict[str, Any]:
+        """JSON data in the shape of restic's ``forget --json`` group (host, paths, tags, keep,
+        remove, reasons with restic's "matches"), plus snap's structured ``reasons``.
+        ``render`` turns a snapshot into JSON (default: id and time)."""
+        show = render or (lambda s: {"id": s.id, "time": s.time.isoformat()})
+        kept = [d for d in self.decisions if d.keep]
+        return {
+            **self.key.to_dict(),
+            "keep": [show(d.snapshot) for d in kept],
+            "remove": [show(s) for s in self.remove],
+            "reasons": [
+                {
+                    "snapshot": show(d.snapshot),
+                    "matches": [r.restic for r in d.reasons],
+                    "reasons": [r.to_dict() for r in d.reasons],
+                }
+                for d in kept
+            ],
+        }
 
 
 def plan_forget(

@@ -428,6 +428,42 @@ def test_plan_counts_per_group_and_flags_groups_it_would_empty():
     assert plan_forget([], KeepPolicy(last=1)) == []
 
 
+def test_json_data_and_policy_description():
+    snaps = [snap("b", "2021-06-02T12:00"), snap("a", "2021-06-01T12:00")]
+    policy = KeepPolicy(last=1, within=Duration(hours=1), keep_tags=[("x", "y")])
+    (plan,) = plan_forget(snaps, policy, tz=UTC, now=FAR_FUTURE)
+    assert plan.to_dict() == {
+        "host": "h", "paths": ["/data"], "tags": None,
+        "keep": [{"id": "b", "time": "2021-06-02T12:00:00+00:00"}],
+        "remove": [{"id": "a", "time": "2021-06-01T12:00:00+00:00"}],
+        "reasons": [{
+            "snapshot": {"id": "b", "time": "2021-06-02T12:00:00+00:00"},
+            "matches": ["within 1h", "last snapshot"],
+            "reasons": [
+                {"rule": "within", "n": None, "oldest": False, "duration": "1h", "tags": None,
+                 "text": "within 1h", "restic": "within 1h"},
+                {"rule": "last", "n": 1, "oldest": False, "duration": None, "tags": None,
+                 "text": "last 1", "restic": "last snapshot"},
+            ],
+        }],
+    }
+    assert plan.to_dict(lambda s: {"short_id": s.id})["keep"] == [{"short_id": "b"}]
+    assert policy.describe() == ("keep 1 latest snapshots, all snapshots with tags x,y, "
+                                 "all snapshots within 1h of the newest")
+    assert KeepPolicy(daily=UNLIMITED, within_weekly=Duration(months=1)).describe() == (
+        "keep all daily snapshots, weekly snapshots within 1m")
+
+
+def test_durations_reaching_before_year_one_keep_everything():
+    snaps = [snap("new", "2021-01-01T00:00"), snap("old", "0001-01-02T00:00")]
+    for text in ("2020y", "2021y", "2020y1d", "999999999y", "999999999d", "999999999999h"):
+        for zone in (None, UTC, NEW_YORK, ZoneInfo("Asia/Tokyo"), RECORDED):
+            assert kept(snaps, KeepPolicy(within=parse_duration(text)), tz=zone) == ["new", "old"]
+    assert kept(snaps, KeepPolicy(within=parse_duration("2019y11m30d")), tz=UTC) == ["new"]
+    with pytest.raises(ValueError, match="tz must be"):
+        apply_policy(snaps, KeepPolicy(last=1), tz="Europe/Berlin")
+
+
 def test_filter_snapshots_like_restic():
     snaps = [snap("1", "2021-06-01", host="h1", paths=["/a", "/b"], tags=["x", "y"]),
              snap("2", "2021-06-02", host="h2", paths=["/a"]),
