@@ -33,13 +33,15 @@ def key_list(app: App) -> None:
     keys = repo.list_keys()
     if app.json:
         app.emit_json([{"id": k.id, "current": k.current, "created": k.created,
-                        "hostname": k.hostname, "username": k.username} for k in keys])
+                        "hostname": k.hostname, "username": k.username, "damaged": k.damaged}
+                       for k in keys])
         return
     table = Table(box=None)
     for col in (" ", "ID", "User", "Host", "Created"):
         table.add_column(col)
     for k in keys:
-        table.add_row("*" if k.current else "", k.id[:8], k.username, k.hostname,
+        table.add_row("*" if k.current else "", k.id[:8], k.username,
+                      "(damaged: remove it)" if k.damaged else k.hostname,
                       k.created[:19].replace("T", " "))
     if not app.quiet:
         app.console.print(table)

@@ -160,7 +160,12 @@ class BlobSaver:
             with self._lock:
                 batch, self._durable = self._durable, []
             if batch:
-                self.index_files.append(self.repo.write_index(batch))
+                try:
+                    self.index_files.append(self.repo.write_index(batch))
+                except BaseException:
+                    with self._lock:  # still unindexed: close() must know
+                        self._durable = batch + self._durable
+                    raise
 
     def _raise_error(self) -> None:
         if self._error is not None:
@@ -189,6 +194,10 @@ class BlobSaver:
     def close(self) -> None:
         self._encode_pool.shutdown(wait=True)
         self._upload_pool.shutdown(wait=True)
+        if self._error is not None or self._durable:
+            # Packs of this session may sit in the in-memory index with no index file naming
+            # them; a later session of this process must not deduplicate against them.
+            self.repo.invalidate_index()
 
     def __enter__(self) -> "BlobSaver":
         return self

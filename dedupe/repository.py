@@ -22,8 +22,8 @@ from .cache import Cache, default_cache_root
 from .config import Config
 from .crypto import KdfParams, MasterKey, parse_key_file, storage_id, unwrap_master_key, wrap_master_key
 from .errors import (
-    IntegrityError, KeyManagementError, NoRepository, NotFound, RepositoryExists,
-    SnapshotNotFound, WrongPassword,
+    IntegrityError, KeyManagementError, NoRepository, NotFound, RepositoryExists, SnapError,
+    SnapshotNotFound, UnsupportedVersion, WrongPassword,
 )
 from .index import MasterIndex, decode_index_file, encode_index_file
 from .packs import BLOB_TREE, BlobCodec, BlobEntry
@@ -49,6 +49,16 @@ class KeyInfo:
     hostname: str
     username: str
     current: bool
+    damaged: bool = False  # fails its hash check or cannot be parsed
+
+
+def _read_key_file(backend: Backend, name: str) -> bytes:
+    """A key file, verified against its name (the hash also covers the plaintext metadata
+    and the KDF parameters, which the AEAD tag does not)."""
+    raw = backend.get(name)
+    if storage_id(raw) != name.rsplit("/", 1)[1]:
+        raise IntegrityError(f"{name}: content does not match its name (damaged)", name)
+    return raw
 
 
 class Repository:
@@ -101,14 +111,23 @@ class Repository:
         if not names:
             raise NoRepository(f"{backend.location} has a config but no key files")
         master = key_id = None
+        damaged: list[SnapError] = []
         for name in sorted(names):
             try:
-                master = unwrap_master_key(backend.get(name), password, name)
+                master = unwrap_master_key(_read_key_file(backend, name), password, name)
                 key_id = name.split("/", 1)[1]
                 break
             except WrongPassword:
                 continue
+            except NotFound:
+                continue  # removed by another session since the listing
+            except (IntegrityError, UnsupportedVersion) as exc:
+                # One damaged (or newer) key file must not lock out the other passwords.
+                damaged.append(exc)
         if master is None or key_id is None:
+            if damaged:
+                raise IntegrityError(f"no intact key file matches the password; "
+                                     f"{len(damaged)} damaged: {damaged[0]}")
             raise WrongPassword("wrong password: no key file of the repository matches it")
         config = Config.decode(master, raw_config)
         cache = None if no_cache else Cache(cache_root or default_cache_root(), config.id)
@@ -151,7 +170,12 @@ class Repository:
         out = []
         for obj in self.backend.list("keys"):
             kid = obj.name.split("/", 1)[1]
-            d = parse_key_file(self.backend.get(obj.name), obj.name)
+            try:
+                d = parse_key_file(_read_key_file(self.backend, obj.name), obj.name)
+            except (IntegrityError, UnsupportedVersion):
+                # Listed (and so removable with 'key remove'), not hidden and not fatal.
+                out.append(KeyInfo(kid, "", "", "", kid == self.key_id, damaged=True))
+                continue
             out.append(KeyInfo(kid, d.get("created", ""), d.get("hostname", ""),
                                d.get("username", ""), kid == self.key_id))
         return sorted(out, key=lambda k: (k.created, k.id))
@@ -202,6 +226,14 @@ class Repository:
             self._index_ids = set()
             self._index = self._load_index()
         return self._index
+
+    def invalidate_index(self) -> None:
+        """Forget the in-memory index; the next use loads it from storage. A failed write
+        session calls this: its durable packs may be in memory without any index file naming
+        them, and deduplicating against them would make snapshots reference lost blobs."""
+        with self._index_lock:
+            self._index = None
+            self._index_ids = set()
 
     def index_ids(self) -> set[str]:
         self.index  # noqa: B018 - loads it

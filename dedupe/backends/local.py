@@ -78,6 +78,11 @@ class LocalBackend:
         except BackendError:
             raise
         except OSError as exc:
+            # A failed write (full disk, quota) must not leave its temporary file behind.
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
             raise self._oserror(exc, name) from exc
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
