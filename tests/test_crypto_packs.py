@@ -80,6 +80,39 @@ def test_every_flipped_byte_of_a_sealed_object_is_detected():
             KEY.open(bytes(bad), AAD_SNAPSHOT)
 
 
+@pytest.mark.parametrize("size", [0, 100, 16 * 1024 - OVERHEAD - 1, 16 * 1024, 16 * 1024 + 1,
+                                  MiB + 3])
+def test_seal_is_standard_xchacha20_poly1305(size):
+    """Whatever implementation seals (PyNaCl, or OpenSSL under an HChaCha20 subkey for large
+    objects), the bytes are libsodium's XChaCha20-Poly1305-IETF, both ways: an independent
+    reader needs nothing but the spec."""
+    from nacl.bindings import (
+        crypto_aead_xchacha20poly1305_ietf_decrypt as nacl_open,
+        crypto_aead_xchacha20poly1305_ietf_encrypt as nacl_seal,
+    )
+
+    plain = os.urandom(size)
+    sealed = KEY.seal(plain, b"some aad")
+    assert nacl_open(sealed[NONCE_SIZE:], b"some aad", sealed[:NONCE_SIZE], KEY.enc_key) == plain
+    nonce = os.urandom(NONCE_SIZE)
+    theirs = nonce + nacl_seal(plain, b"some aad", nonce, KEY.enc_key)
+    assert KEY.open(theirs, b"some aad") == plain
+    assert KEY.open(memoryview(theirs), b"some aad") == plain
+
+
+def test_flipped_bytes_of_a_large_sealed_object_are_detected():
+    sealed = KEY.seal(os.urandom(200_000), AAD_SNAPSHOT)
+    for i in [0, 23, 24, 25, 1000, 100_000, len(sealed) - 17, len(sealed) - 16, len(sealed) - 1]:
+        bad = bytearray(sealed)
+        bad[i] ^= 0x04
+        with pytest.raises(IntegrityError):
+            KEY.open(bytes(bad), AAD_SNAPSHOT)
+    with pytest.raises(IntegrityError):
+        KEY.open(sealed, AAD_INDEX)
+    with pytest.raises(IntegrityError):
+        KEY.open(sealed[:-1], AAD_SNAPSHOT)
+
+
 def test_blob_ids_are_keyed():
     data = b"the same content"
     assert KEY.blob_id(data) == KEY.blob_id(data)
