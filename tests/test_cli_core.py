@@ -7,12 +7,16 @@ on every open, so they share one repository made once per module and copied per 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import pty
+import select
 import shutil
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import msgpack
@@ -363,3 +367,101 @@ def test_exit_codes_are_documented_in_the_readme():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for code in ("0", "1", "3", "10", "11", "12", "130"):
         assert f"| {code} " in readme or f"`{code}`" in readme, code
+
+
+# ----------------------------------------------------------------------------- on a terminal
+
+
+class Terminal:
+    """``snap`` on a real pseudo-terminal that is its controlling tty (as for a person)."""
+
+    def __init__(self, *args: str, env: dict | None = None) -> None:
+        self.master, slave = pty.openpty()
+
+        def become_session_on_tty():
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        base = {k: v for k, v in os.environ.items() if not k.startswith("SNAP_")}
+        self.proc = subprocess.Popen([sys.executable, "-m", "cli", *args], stdin=slave,
+                                     stdout=slave, stderr=slave, env={**base, **(env or {})},
+                                     preexec_fn=become_session_on_tty)
+        os.close(slave)
+        self.out = b""
+
+    def _read(self, wait: float) -> bool:
+        ready, _, _ = select.select([self.master], [], [], wait)
+        if not ready:
+            return False
+        try:
+            chunk = os.read(self.master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            return False
+        self.out += chunk
+        return bool(chunk)
+
+    def expect(self, text: bytes) -> None:
+        for _ in range(240):  # a generous bound on a wait, not a timing assertion
+            if text in self.out:
+                return
+            self._read(0.25)
+        raise AssertionError(f"{text!r} never appeared; got {self.out!r}")
+
+    def send(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def finish(self) -> tuple[int, str]:
+        code = self.proc.wait(timeout=120)
+        while self._read(0.1):
+            pass
+        os.close(self.master)
+        return code, self.out.decode(errors="replace")
+
+
+def test_init_on_a_terminal_asks_twice(tmp_path):
+    term = Terminal("-r", str(tmp_path / "r"), "init", env={"SNAP_CACHE_DIR": str(tmp_path / "c")})
+    term.expect(b"password")
+    term.send(b"typed password\n")
+    term.expect(b"again")
+    term.send(b"typed password\n")
+    code, out = term.finish()
+    assert code == 0, out
+    assert "typed password" not in out  # not echoed
+    proc = run("-r", str(tmp_path / "r"), "key", "list", "--json",
+               env={"SNAP_PASSWORD": "typed password", "SNAP_CACHE_DIR": str(tmp_path / "c")})
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_init_on_a_terminal_with_mismatched_passwords(tmp_path):
+    term = Terminal("-r", str(tmp_path / "r"), "init")
+    term.expect(b"password")
+    term.send(b"one\n")
+    term.expect(b"again")
+    term.send(b"two\n")
+    code, out = term.finish()
+    assert code == 1 and "do not match" in out and "Traceback" not in out
+    assert not (tmp_path / "r").exists()
+
+
+def test_key_add_on_a_terminal_asks_twice(t):
+    term = Terminal("-r", str(t.repo), "key", "add", env=t.env)
+    term.expect(b"new password")
+    term.send(b"terminal pw\n")
+    term.expect(b"again")
+    term.send(b"terminal pw\n")
+    code, out = term.finish()
+    assert code == 0, out
+    proc = t.snap("key", "list", "--json", env={"SNAP_PASSWORD_FILE": "",
+                                                "SNAP_PASSWORD": "terminal pw"})
+    assert proc.returncode == 0 and len(json.loads(proc.stdout)) == 2
+
+
+def test_ctrl_c_at_the_prompt_is_exit_130(t):
+    before = snapshot_of(t.repo)
+    term = Terminal("-r", str(t.repo), "key", "list", env={"SNAP_CACHE_DIR": str(t.cache)})
+    term.expect(b"password")
+    term.send(b"\x03")
+    code, out = term.finish()
+    assert code == 130, out
+    assert "Traceback" not in out and "interrupted" in out
+    assert snapshot_of(t.repo) == before
