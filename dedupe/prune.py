@@ -193,7 +193,7 @@ class Pruner:
         repo.reload_index()
         used = used_blobs(repo, snapshots)
         usage = self._usage(used, marked={p for m in markers for p in m.packs})
-        index_ids = repo.index_ids()
+        index_ids = repo.listed_index_ids()  # superseded leftovers too: see listed_index_ids
         # (4) packs in storage
         stored = {bytes.fromhex(o.name.rsplit("/", 1)[1]): o.size for o in repo.backend.list("data")}
         res.packs_total = len(stored)

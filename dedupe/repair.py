@@ -144,10 +144,11 @@ def _repair_index(repo, workers: int,
         result.packs += 1
         result.blobs += len(found)
         if records >= MAX_RECORDS_PER_INDEX:
-            result.written.append(f"index/{repo.write_index(batch, supersedes)}")
+            # Not superseding yet: until the last new file exists the old ones must rule.
+            result.written.append(f"index/{repo.write_index(batch)}")
             batch, records = [], 0
-    if batch or not result.written:  # an empty repository still gets one (empty) index file
-        result.written.append(f"index/{repo.write_index(batch, supersedes)}")
+    # The last file, possibly empty, names what the new files supersede.
+    result.written.append(f"index/{repo.write_index(batch, supersedes)}")
     for name in old:  # only now that the new files are durable
         try:
             repo.backend.delete(name)

@@ -72,6 +72,7 @@ class Repository:
         self.codec = BlobCodec(key, config.compression_level)
         self._index: MasterIndex | None = None
         self._index_ids: set[str] = set()
+        self._index_listed: set[str] = set()
         self._index_lock = threading.Lock()
 
     # ---------------------------------------------------------------- create / open
@@ -236,8 +237,16 @@ class Repository:
             self._index_ids = set()
 
     def index_ids(self) -> set[str]:
+        """Ids of the index files in use (not superseded)."""
         self.index  # noqa: B018 - loads it
         return set(self._index_ids)
+
+    def listed_index_ids(self) -> set[str]:
+        """Every index file present at load time, superseded ones included. A new index
+        that supersedes must name all of these: if it named only the active ones, deleting
+        the file that superseded an old one would bring that old one back to life."""
+        self.index  # noqa: B018 - loads it
+        return set(self._index_listed)
 
     def _load_index(self, progress: Callable[[int, int], None] | None = None) -> MasterIndex:
         def fetch(name: str):
@@ -259,6 +268,7 @@ class Repository:
             raise NotFound(f"{missing} keeps disappearing while the index loads", missing)
         if self.cache is not None:
             self.cache.prune_namespace("index", set(names))
+        self._index_listed = {name.split("/", 1)[1] for name in names}
         superseded = {s.hex() for _, body in files for s in body["supersedes"]}
         index = MasterIndex()
         for name, body in files:
