@@ -44,6 +44,16 @@ class Cache:
             return None
         return data
 
+    def get_range(self, name: str, offset: int, length: int) -> bytes | None:
+        """Bytes of a cached object WITHOUT verifying the whole object: only for callers that
+        authenticate what they read (blobs carry an AEAD tag) and ``remove`` it if that fails."""
+        try:
+            with open(self._path(name), "rb") as f:
+                f.seek(offset)
+                return f.read(length)
+        except OSError:
+            return None
+
     def put(self, name: str, data: bytes) -> None:
         """Best effort: a cache that cannot be written only costs speed."""
         path = self._path(name)
