@@ -17,7 +17,7 @@ from .errors import EXIT_ERROR, EXIT_INTERRUPTED, describe, exit_code_for
 
 # One module per command (cli/cmd_<name>.py); each defines ``command``.
 COMMANDS = ["init", "key", "backup", "restore", "snapshots", "prune", "unlock", "ls", "find", "diff",
-            "dump", "cat", "stats", "tag", "mount", "check", "repair"]
+            "dump", "cat", "stats", "tag", "mount", "check", "repair", "forget"]
 
 
 class LazyGroup(click.Group):

@@ -274,7 +274,8 @@ class Pruner:
         for bid, loc in self.repo.index.iter_blobs():
             if loc.pack_id in keep:
                 entries[loc.pack_id].append(loc.entry(bid))
-        packs = sorted(entries.items())
+        # Records in pack order: an index entry is then a byte copy of the pack header.
+        packs = sorted((pid, sorted(es, key=lambda e: e.offset)) for pid, es in entries.items())
         chunks = [packs[i:i + INDEX_FILE_PACKS] for i in range(0, len(packs), INDEX_FILE_PACKS)] or [[]]
         for i, chunk in enumerate(chunks):
             last = i == len(chunks) - 1
