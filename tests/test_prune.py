@@ -16,6 +16,7 @@ import time
 import pytest
 
 from dedupe.archiver import Archiver
+from dedupe.checker import CheckOptions, Checker
 from dedupe.backends import LocalBackend
 from dedupe.config import Config
 from dedupe.crypto import KdfParams
@@ -270,6 +271,8 @@ def test_prune_killed_at_random_points_leaves_a_consistent_repository(tmp_path):
         proc.wait()
         # The killed prune left a stale exclusive lock of a dead local process: not blocking.
         repo = Repository.open(LocalBackend(repo_dir), b"pw", no_cache=True)
+        result = Checker(repo, CheckOptions(read_data=True)).run()
+        assert result.errors == [], (trial, [f.message for f in result.errors])
         for s in repo.list_snapshots():
             assert s.id in expected
             assert restore_digest(repo, s, str(tmp_path / "out")) == expected[s.id], (trial, s.id)
