@@ -22,6 +22,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
+ROOT = str(Path(__file__).resolve().parent.parent)
 PW = "cli test password"
 PW2 = "another password"
 
@@ -29,6 +30,7 @@ PW2 = "another password"
 def run(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
     """Run ``snap ARGS`` with a clean environment (no SNAP_* from the caller) plus ``env``."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("SNAP_")}
+    base["PYTHONPATH"] = ROOT  # this checkout's snap, installed or not
     base.update(env or {})
     return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,
                           env=base, stdin=subprocess.DEVNULL, timeout=120, cwd=cwd)
@@ -383,6 +385,7 @@ class Terminal:
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
         base = {k: v for k, v in os.environ.items() if not k.startswith("SNAP_")}
+        base["PYTHONPATH"] = ROOT
         self.proc = subprocess.Popen([sys.executable, "-m", "cli", *args], stdin=slave,
                                      stdout=slave, stderr=slave, env={**base, **(env or {})},
                                      preexec_fn=become_session_on_tty)
