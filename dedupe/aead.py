@@ -1,7 +1,7 @@
 """XChaCha20-Poly1305-IETF through OpenSSL (the ``cryptography`` package) when it is installed.
 
-The construction is byte for byte the one ``crypto.MasterKey`` uses through libsodium/PyNaCl
-(draft-irtf-cfrg-xchacha): subkey = HChaCha20(key, nonce[0:16]), then ChaCha20-Poly1305-IETF
+``crypto.MasterKey`` seals and opens large objects through here and small ones through
+libsodium/PyNaCl; the construction is byte for byte the same (draft-irtf-cfrg-xchacha): subkey = HChaCha20(key, nonce[0:16]), then ChaCha20-Poly1305-IETF
 under the subkey with the 12-byte nonce ``00000000 || nonce[16:24]``. Either implementation
 opens what the other sealed (tests/test_check_units.py checks this property).
 
@@ -25,8 +25,7 @@ import glob
 import os
 import struct
 
-from .crypto import NONCE_SIZE, OVERHEAD, MasterKey
-from .errors import IntegrityError
+NONCE_SIZE = 24
 
 try:  # optional: without it everything still works, through PyNaCl
     from cryptography.exceptions import InvalidTag
@@ -85,30 +84,20 @@ def hchacha20(key: bytes, nonce16: bytes) -> bytes:
     return out.raw
 
 
+def _subkey_and_nonce(enc_key: bytes, nonce: bytes) -> tuple["ChaCha20Poly1305", bytes]:
+    return ChaCha20Poly1305(hchacha20(enc_key, nonce[:16])), b"\0\0\0\0" + nonce[16:]
+
+
+def xchacha_seal(enc_key: bytes, nonce: bytes, plaintext, aad: bytes) -> bytes:
+    """``nonce || ciphertext || tag`` for a 24-byte ``nonce``."""
+    aead, nonce12 = _subkey_and_nonce(enc_key, nonce)
+    return nonce + aead.encrypt(nonce12, plaintext, aad)
+
+
 def xchacha_open(enc_key: bytes, sealed: bytes | memoryview, aad: bytes) -> bytes | None:
     """Decrypt ``nonce(24) || ciphertext || tag``; None when authentication fails."""
-    nonce = bytes(sealed[:NONCE_SIZE])
-    aead = ChaCha20Poly1305(hchacha20(enc_key, nonce[:16]))
+    aead, nonce12 = _subkey_and_nonce(enc_key, bytes(sealed[:NONCE_SIZE]))
     try:
-        return aead.decrypt(b"\0\0\0\0" + nonce[16:], sealed[NONCE_SIZE:], aad)
+        return aead.decrypt(nonce12, memoryview(sealed)[NONCE_SIZE:], aad)
     except InvalidTag:
         return None
-
-
-class FastMasterKey(MasterKey):
-    """A ``MasterKey`` whose ``open`` goes through OpenSSL. Same keys, same results."""
-
-    def open(self, sealed: bytes | memoryview, aad: bytes, what: str = "object") -> bytes:
-        if len(sealed) < OVERHEAD:
-            raise IntegrityError(f"{what}: too short to be encrypted data", what)
-        plain = xchacha_open(self.enc_key, sealed, aad)
-        if plain is None:
-            raise IntegrityError(f"{what}: authentication failed (damaged or tampered)", what)
-        return plain
-
-
-def fast_key(key: MasterKey) -> MasterKey:
-    """``key`` with the OpenSSL ``open`` when available, else ``key`` itself."""
-    if not AVAILABLE or isinstance(key, FastMasterKey):
-        return key
-    return FastMasterKey(key.enc_key, key.id_key)

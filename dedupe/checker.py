@@ -37,7 +37,6 @@ from typing import Callable, Iterable
 import numpy as np
 
 from . import verifystate
-from .aead import fast_key
 from .affected import map_affected
 from .backends.base import pack_name
 from .checkreport import ERROR, INFO, CheckProgress, CheckResult, Finding
@@ -99,7 +98,7 @@ class Checker:
         self.progress = progress or CheckProgress()
         self._on_finding = on_finding
         self._lock = threading.Lock()
-        self._key = fast_key(repo.key)
+        self._key = repo.key
         self._codec = BlobCodec(self._key, repo.config.compression_level)
         self.result = CheckResult(findings=[])
         self._index = MasterIndex()

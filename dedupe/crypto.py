@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import struct
 from dataclasses import dataclass
 
 import blake3
@@ -30,14 +29,8 @@ from nacl.bindings import (
     crypto_aead_xchacha20poly1305_ietf_encrypt as _aead_encrypt,
 )
 
+from . import aead as _openssl
 from .errors import IntegrityError, UnsupportedVersion, WrongPassword
-
-try:  # OpenSSL's ChaCha20-Poly1305 through ``cryptography``: about 4x PyNaCl on large blobs
-    from cryptography.exceptions import InvalidTag as _InvalidTag
-    from cryptography.hazmat.primitives.ciphers import Cipher as _Cipher, algorithms as _alg
-    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305 as _ChaChaPoly
-except ImportError:  # pragma: no cover - PyNaCl alone is correct, only slower
-    _ChaChaPoly = None
 
 NONCE_SIZE = 24
 TAG_SIZE = 16
@@ -65,26 +58,8 @@ KDF_MEMLIMIT_MAX = 4 * 1024 * 1024 * 1024
 KEY_FILE_VERSION = 1
 
 
-# Below this size PyNaCl's single call beats building OpenSSL contexts.
-_OPENSSL_MIN = 16 * 1024
-_SIGMA = struct.unpack("<4I", b"expand 32-byte k")
-_ZERO64 = bytes(64)
-
-
-def _hchacha20(key: bytes, nonce16: bytes) -> bytes:
-    """HChaCha20 from one ChaCha20 block: the block is rounds(state) + state, and HChaCha20
-    is words 0-3 and 12-15 of rounds(state); ``cryptography`` puts nonce16 in words 12-15."""
-    block = _Cipher(_alg.ChaCha20(key, nonce16), None).encryptor().update(_ZERO64)
-    w = struct.unpack("<16I", block)
-    n = struct.unpack("<4I", nonce16)
-    return struct.pack("<8I", *((w[i] - _SIGMA[i]) & 0xFFFFFFFF for i in range(4)),
-                       *((w[12 + i] - n[i]) & 0xFFFFFFFF for i in range(4)))
-
-
-def _xchacha_openssl(key: bytes, nonce: bytes) -> tuple["_ChaChaPoly", bytes]:
-    """XChaCha20-Poly1305 (draft-irtf-cfrg-xchacha) as ChaCha20-Poly1305-IETF under the
-    HChaCha20 subkey with nonce 0x00000000 || nonce[16:24]; byte-identical to libsodium."""
-    return _ChaChaPoly(_hchacha20(key, nonce[:16])), b"\0\0\0\0" + nonce[16:]
+# Below this size PyNaCl's single call beats OpenSSL plus the per-object HChaCha20.
+_OPENSSL_MIN = 1024
 
 
 def storage_id(data: bytes | memoryview) -> str:
@@ -106,28 +81,25 @@ class MasterKey:
 
     def seal(self, plaintext: bytes | memoryview, aad: bytes) -> bytes:
         nonce = os.urandom(NONCE_SIZE)
-        if _ChaChaPoly is not None and len(plaintext) >= _OPENSSL_MIN:
-            aead, nonce12 = _xchacha_openssl(self.enc_key, nonce)
-            return nonce + aead.encrypt(nonce12, plaintext, aad)
+        if _openssl.AVAILABLE and len(plaintext) >= _OPENSSL_MIN:
+            return _openssl.xchacha_seal(self.enc_key, nonce, plaintext, aad)
         return nonce + _aead_encrypt(bytes(plaintext), aad, nonce, self.enc_key)
 
     def open(self, sealed: bytes | memoryview, aad: bytes, what: str = "object") -> bytes:
         """Decrypt and authenticate; raises IntegrityError naming ``what`` on any failure."""
         if len(sealed) < OVERHEAD:
             raise IntegrityError(f"{what}: too short to be encrypted data", what)
-        if _ChaChaPoly is not None and len(sealed) >= _OPENSSL_MIN:
-            nonce = bytes(sealed[:NONCE_SIZE])
-            aead, nonce12 = _xchacha_openssl(self.enc_key, nonce)
+        if _openssl.AVAILABLE and len(sealed) >= _OPENSSL_MIN:
+            plain = _openssl.xchacha_open(self.enc_key, sealed, aad)
+        else:
+            sealed = bytes(sealed)
             try:
-                return aead.decrypt(nonce12, memoryview(sealed)[NONCE_SIZE:], aad)
-            except _InvalidTag:
-                raise IntegrityError(f"{what}: authentication failed (damaged or tampered)",
-                                     what) from None
-        sealed = bytes(sealed)
-        try:
-            return _aead_decrypt(sealed[NONCE_SIZE:], aad, sealed[:NONCE_SIZE], self.enc_key)
-        except nacl.exceptions.CryptoError:
-            raise IntegrityError(f"{what}: authentication failed (damaged or tampered)", what) from None
+                plain = _aead_decrypt(sealed[NONCE_SIZE:], aad, sealed[:NONCE_SIZE], self.enc_key)
+            except nacl.exceptions.CryptoError:
+                plain = None
+        if plain is None:
+            raise IntegrityError(f"{what}: authentication failed (damaged or tampered)", what)
+        return plain
 
     def to_bytes(self) -> bytes:
         return msgpack.packb({"enc": self.enc_key, "id": self.id_key})
