@@ -202,7 +202,13 @@ class Restorer:
             os.link(self._links[link_key], dest)
             p.files_done += 1
             return
-        if os.path.islink(dest) or (os.path.lexists(dest) and not os.path.isfile(dest)):
+        try:
+            existing = os.lstat(dest)
+        except FileNotFoundError:
+            existing = None
+        # Not a plain file, or a file with other links: writing through it would also change
+        # the other names (an earlier restore's hard link), so replace it instead.
+        if existing is not None and (not stat.S_ISREG(existing.st_mode) or existing.st_nlink > 1):
             os.unlink(dest)
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
