@@ -68,6 +68,15 @@ class _Item:
     remaining: int = 0  # blobs still to write
 
 
+def _remove(path: bytes) -> None:
+    """Remove what is in the way of a restored entry; directories only when empty (as restic
+    does: a non-empty one fails with ENOTEMPTY rather than losing files)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        os.rmdir(path)
+    else:
+        os.unlink(path)
+
+
 class Restorer:
     def __init__(self, repo, options: RestoreOptions | None = None, *,
                  progress: RestoreProgress | None = None,
@@ -83,6 +92,7 @@ class Restorer:
         self._files: list[_Item] = []
         self._dirs: list[_Item] = []
         self._links: dict[tuple[int, int], bytes] = {}
+        self._failed_dirs: set[bytes] = set()
         self._owners = os.geteuid() == 0 if self.opts.owners is None else self.opts.owners
 
     def _warn(self, message: str) -> None:
@@ -99,6 +109,8 @@ class Restorer:
         return not self.opts.includes or any(m.matches(path) for m in self.opts.includes)
 
     def _descend(self, path: bytes, node: Node) -> bool:
+        if path in self._failed_dirs:
+            return False
         if any(m.matches(path) for m in self.opts.excludes):
             return False
         if not self.opts.includes:
@@ -143,6 +155,8 @@ class Restorer:
         try:
             self._create(dest, node)
         except OSError as exc:
+            if node["type"] == "dir":
+                self._failed_dirs.add(snap_path)  # its contents have nowhere safe to go
             self._warn(f"{os.fsdecode(dest)}: {exc.strerror or exc}")
 
     def _create(self, dest: bytes, node: Node) -> None:
@@ -151,6 +165,12 @@ class Restorer:
         if not os.path.isdir(parent):
             os.makedirs(parent, exist_ok=True)
         if ntype == "dir":
+            if os.path.lexists(dest) and (os.path.islink(dest) or not os.path.isdir(dest)):
+                # A file or symlink where the snapshot has a directory: never restore through
+                # it (a symlink would send the contents outside the target).
+                if self.opts.overwrite == "never":
+                    raise FileExistsError(errno.EEXIST, "exists and is not a directory")
+                os.unlink(dest)
             os.makedirs(dest, exist_ok=True)
             self._dirs.append(_Item(dest, node))
             return
@@ -161,7 +181,7 @@ class Restorer:
             if self.opts.overwrite == "never":
                 self.progress.files_skipped += 1
                 return
-            os.unlink(dest)
+            _remove(dest)
         if ntype == "symlink":
             os.symlink(node["target"], dest)
         elif ntype == "fifo":
@@ -198,7 +218,7 @@ class Restorer:
         link_key = (node.get("dev", 0), node.get("inode", 0))
         if node.get("links", 1) > 1 and link_key in self._links:
             if os.path.lexists(dest):
-                os.unlink(dest)
+                _remove(dest)
             os.link(self._links[link_key], dest)
             p.files_done += 1
             return
@@ -209,7 +229,7 @@ class Restorer:
         # Not a plain file, or a file with other links: writing through it would also change
         # the other names (an earlier restore's hard link), so replace it instead.
         if existing is not None and (not stat.S_ISREG(existing.st_mode) or existing.st_nlink > 1):
-            os.unlink(dest)
+            _remove(dest)
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             os.ftruncate(fd, size)
