@@ -296,7 +296,13 @@ class Archiver:
             except OSError as exc:
                 self._warn(f"{_fs(path)}: cannot read link: {exc.strerror}")
                 return None
-        xattrs = read_xattrs(path)
+        if (prev is not None and not self.opts.ignore_ctime and prev.get("type") == ntype
+                and prev.get("ctime") == node["ctime"] and prev.get("inode") == node["inode"]):
+            # Changing an xattr changes ctime: same inode and ctime means same xattrs, and
+            # skipping listxattr matters when most files are unchanged.
+            xattrs = prev.get("xattrs")
+        else:
+            xattrs = read_xattrs(path)
         if xattrs:
             node["xattrs"] = xattrs
         return node
