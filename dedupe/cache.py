@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import uuid
 
+from .backends.base import check_name
 from .crypto import storage_id
 
 
@@ -29,11 +30,20 @@ class Cache:
     def __init__(self, root: str, repo_id: str) -> None:
         self.dir = os.path.join(root, repo_id)
 
-    def _path(self, name: str) -> str:
+    def _path(self, name: str) -> str | None:
+        """Local path of an entry, or None for a name that could leave the cache directory
+        (names come from storage listings, which a hostile server controls: an unchecked
+        ``snapshots/../../x`` here would let a bucket read or delete local files)."""
+        try:
+            check_name(name)
+        except ValueError:
+            return None
         return os.path.join(self.dir, *name.split("/"))
 
     def get(self, name: str) -> bytes | None:
         path = self._path(name)
+        if path is None:
+            return None
         try:
             with open(path, "rb") as f:
                 data = f.read()
@@ -47,8 +57,11 @@ class Cache:
     def get_range(self, name: str, offset: int, length: int) -> bytes | None:
         """Bytes of a cached object WITHOUT verifying the whole object: only for callers that
         authenticate what they read (blobs carry an AEAD tag) and ``remove`` it if that fails."""
+        path = self._path(name)
+        if path is None:
+            return None
         try:
-            with open(self._path(name), "rb") as f:
+            with open(path, "rb") as f:
                 f.seek(offset)
                 return f.read(length)
         except OSError:
@@ -57,6 +70,8 @@ class Cache:
     def put(self, name: str, data: bytes) -> None:
         """Best effort: a cache that cannot be written only costs speed."""
         path = self._path(name)
+        if path is None:
+            return
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -70,11 +85,15 @@ class Cache:
                 pass
 
     def has(self, name: str) -> bool:
-        return os.path.exists(self._path(name))
+        path = self._path(name)
+        return path is not None and os.path.exists(path)
 
     def remove(self, name: str) -> None:
+        path = self._path(name)
+        if path is None:
+            return
         try:
-            os.unlink(self._path(name))
+            os.unlink(path)
         except OSError:
             pass
 

@@ -8,6 +8,7 @@ stored bytes, and reads everything back with verification.
 from __future__ import annotations
 
 import getpass
+import re
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -52,9 +53,27 @@ class KeyInfo:
     damaged: bool = False  # fails its hash check or cannot be parsed
 
 
+_OBJECT_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def _listed_names(backend: Backend, namespace: str) -> list[str]:
+    """Names in a namespace, each ``<namespace>/<64 hex>``. Listings come from storage that
+    may be hostile: a name such as ``snapshots/../../x`` must never reach a local path (the
+    cache) or be taken for an object snap wrote."""
+    names = []
+    for obj in backend.list(namespace):
+        if not _OBJECT_ID.fullmatch(obj.name[len(namespace) + 1:]):
+            raise IntegrityError(f"{obj.name!r} is not a snap object name (foreign or tampered)",
+                                 obj.name)
+        names.append(obj.name)
+    return names
+
+
 def _read_key_file(backend: Backend, name: str) -> bytes:
     """A key file, verified against its name (the hash also covers the plaintext metadata
     and the KDF parameters, which the AEAD tag does not)."""
+    if not _OBJECT_ID.fullmatch(name.split("/", 1)[1]):
+        raise IntegrityError(f"{name!r} is not a snap object name (foreign or tampered)", name)
     raw = backend.get(name)
     if storage_id(raw) != name.rsplit("/", 1)[1]:
         raise IntegrityError(f"{name}: content does not match its name (damaged)", name)
@@ -171,6 +190,8 @@ class Repository:
         out = []
         for obj in self.backend.list("keys"):
             kid = obj.name.split("/", 1)[1]
+            if not _OBJECT_ID.fullmatch(kid):
+                continue  # not a key file (and no name to hand to delete)
             try:
                 d = parse_key_file(_read_key_file(self.backend, obj.name), obj.name)
             except (IntegrityError, UnsupportedVersion):
@@ -256,7 +277,7 @@ class Repository:
                 return name, None
 
         for _attempt in range(5):
-            names = [o.name for o in self.backend.list("index")]
+            names = _listed_names(self.backend, "index")
             with ThreadPoolExecutor(8) as pool:
                 files = list(pool.map(fetch, names))
             # A file that vanished after the listing was superseded and deleted by a
@@ -327,7 +348,7 @@ class Repository:
         return Snapshot.decode(self.key, raw, snapshot_id)
 
     def snapshot_ids(self) -> list[str]:
-        ids = [o.name.split("/", 1)[1] for o in self.backend.list("snapshots")]
+        ids = [n.split("/", 1)[1] for n in _listed_names(self.backend, "snapshots")]
         if self.cache is not None:
             self.cache.prune_namespace("snapshots", {f"snapshots/{i}" for i in ids})
         return ids

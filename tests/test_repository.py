@@ -846,3 +846,61 @@ def test_cache_location_from_environment(repo_copy, tmp_path, monkeypatch):
     repo = Repository.open(LocalBackend(str(path)), PW)
     read_everything(repo, expected)
     assert (tmp_path / "xdg" / "snap" / repo.config.id / "snapshots").is_dir()
+
+
+# ----------------------------------------------------------------------------- hostile names
+
+
+def test_cache_never_touches_paths_outside_itself(tmp_path):
+    from dedupe.cache import Cache
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    cache = Cache(str(tmp_path / "cache"), "ab" * 32)
+    (tmp_path / "cache" / ("ab" * 32) / "snapshots").mkdir(parents=True)
+    for name in ["snapshots/../../../victim.txt", "snapshots/../../../" + storage_id(b"x"),
+                 "/etc/passwd", "snapshots//x", "snapshots/./x", "../victim.txt"]:
+        assert cache.get(name) is None
+        assert cache.get_range(name, 0, 3) is None
+        assert not cache.has(name)
+        cache.put(name, b"x")
+        cache.remove(name)
+    assert victim.read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "victim.txt"]
+
+
+@pytest.mark.parametrize("namespace", ["snapshots", "index", "keys"])
+def test_hostile_names_in_a_bucket_listing_never_reach_local_files(moto_server, tmp_path,
+                                                                    namespace):
+    """S3 keys are free-form: a bucket (untrusted storage) can list 'snapshots/../../x'. snap
+    must neither read, write nor delete a local file through such a name (it did: the cache
+    dropped 'damaged' entries, deleting any file the user could write)."""
+    from dedupe.backends import open_backend
+
+    bucket = moto_server.new_bucket()
+    url = moto_server.url(bucket)
+    cache = tmp_path / "cache"
+    repo = Repository.init(open_backend(url), PW, small_config(), kdf=KDF, cache_root=str(cache))
+    expected = Expected()
+    backup(repo, {b"f": b"some data " * 100}, expected)
+    read_everything(open_repo(None, cache_root=str(cache), backend=open_backend(url)), expected)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    planted = storage_id(b"planted")
+    s3 = moto_server.client()
+    # cache/<repo id>/<namespace>/../../.. is tmp_path
+    for key in [f"repo/{namespace}/../../../victim.txt", f"repo/{namespace}/../../../{planted}"]:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"planted")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    if namespace == "keys":  # foreign key names are skipped like damaged key files
+        fresh = open_repo(None, cache_root=str(cache), backend=open_backend(url))
+        assert len(fresh.list_keys()) == 1
+    else:
+        fresh = open_repo(None, cache_root=str(cache), backend=open_backend(url))
+        with pytest.raises(IntegrityError, match="not a snap object name"):
+            if namespace == "index":
+                fresh.index  # noqa: B018
+            else:
+                fresh.list_snapshots()
+    assert victim.read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
