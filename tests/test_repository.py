@@ -8,6 +8,7 @@ backend wrapper that stops after N writes, and by killing a real subprocess.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -40,6 +41,7 @@ KDF = KdfParams(opslimit=1, memlimit=8 * MiB)
 def small_config() -> Config:
     """Small chunks and the smallest pack size; a fresh repository id each time."""
     return Config(chunk_min=64 * 1024, chunk_avg=256 * 1024, chunk_max=1 * MiB, pack_size=4 * MiB)
+
 
 PW = b"correct horse battery staple"
 PW2 = b"second password"
@@ -122,7 +124,7 @@ def stored_files(path: Path) -> dict[str, bytes]:
 
 def files_of(n: int, seed: int) -> dict[bytes, bytes]:
     """Some incompressible, some compressible, one empty, one above the OpenSSL threshold."""
-    rnd = __import__("random").Random(seed)
+    rnd = random.Random(seed)
     out = {b"empty": b""}
     for i in range(n):
         if i % 2:
@@ -532,7 +534,7 @@ class CrashingBackend:
 
 def session_files() -> dict[bytes, bytes]:
     """Deterministic, so a killed child's snapshot can be checked by the parent."""
-    rnd = __import__("random").Random(42)
+    rnd = random.Random(42)
     return {b"big-a": rnd.randbytes(3 * MiB), b"big-b": rnd.randbytes(3 * MiB),
             b"small": b"tiny file"}
 
