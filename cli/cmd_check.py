@@ -112,7 +112,7 @@ def _summary(app: App, r: CheckResult) -> None:
               help="Verify only some packs: n/t (group n of t), x% (random), SIZE such as "
                    "500M (random, up to SIZE) or stale:x% (those verified longest ago).")
 @click.option("--no-lock", is_flag=True, help="Do not lock the repository (read-only access).")
-@click.option("--workers", type=click.IntRange(1, 64), default=8, show_default=True,
+@click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Packs read concurrently.")
 @pass_app
 def command(app: App, read_data, subset, no_lock, workers) -> int:

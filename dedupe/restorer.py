@@ -32,6 +32,7 @@ from .walker import find_node, walk
 
 OVERWRITE_MODES = ("always", "if-changed", "if-newer", "never")
 _COALESCE_GAP = 256 * 1024
+_MAX_READ = 16 * 1024 * 1024  # one coalesced read at most: bounds memory per worker
 _ZERO_BLOCK = bytes(1024 * 1024)
 
 
@@ -283,7 +284,9 @@ class Restorer:
             loc = self._locs[bid]
             if groups:
                 last = self._locs[groups[-1][-1]]
-                if loc.offset - (last.offset + last.length) <= _COALESCE_GAP:
+                first = self._locs[groups[-1][0]]
+                if (loc.offset - (last.offset + last.length) <= _COALESCE_GAP
+                        and loc.offset + loc.length - first.offset <= _MAX_READ):
                     groups[-1].append(bid)
                     continue
             groups.append([bid])
