@@ -32,7 +32,7 @@ from .walker import find_node, walk
 
 OVERWRITE_MODES = ("always", "if-changed", "if-newer", "never")
 _COALESCE_GAP = 256 * 1024
-_MAX_READ = 16 * 1024 * 1024  # one coalesced read at most: bounds memory per worker
+_MAX_READ = 8 * 1024 * 1024  # one coalesced read at most: bounds memory per worker
 _ZERO_BLOCK = bytes(1024 * 1024)
 
 
