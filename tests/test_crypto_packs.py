@@ -80,8 +80,10 @@ def test_every_flipped_byte_of_a_sealed_object_is_detected():
             KEY.open(bytes(bad), AAD_SNAPSHOT)
 
 
-@pytest.mark.parametrize("size", [0, 100, 16 * 1024 - OVERHEAD - 1, 16 * 1024, 16 * 1024 + 1,
-                                  MiB + 3])
+# Sizes around the switch between implementations (by plaintext length when sealing, by
+# sealed length when opening) and well above it.
+@pytest.mark.parametrize("size", [0, 100, 1024 - OVERHEAD - 1, 1024 - OVERHEAD, 1023, 1024, 1025,
+                                  16 * 1024 - OVERHEAD - 1, 16 * 1024, 16 * 1024 + 1, MiB + 3])
 def test_seal_is_standard_xchacha20_poly1305(size):
     """Whatever implementation seals (PyNaCl, or OpenSSL under an HChaCha20 subkey for large
     objects), the bytes are libsodium's XChaCha20-Poly1305-IETF, both ways: an independent
