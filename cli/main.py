@@ -105,7 +105,7 @@ def _on_sigterm(signum, frame) -> None:
     raise Interrupted("terminated")
 
 
-def _tune_malloc() -> None:
+def tune_malloc() -> None:
     """Keep glibc from raising its mmap threshold after large frees: otherwise every freed
     chunk buffer stays in a per-thread arena and peak memory grows by tens of MiB."""
     try:
@@ -118,7 +118,7 @@ def _tune_malloc() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    _tune_malloc()
+    tune_malloc()
     signal.signal(signal.SIGTERM, _on_sigterm)
     code = 0
     try:
