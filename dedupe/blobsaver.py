@@ -74,6 +74,9 @@ class BlobSaver:
                 return False
             self._inflight.add(key)
             self._busy += 1
+            # Here, in the producer's thread under the lock the uploaders take to add packs,
+            # nothing else touches the index while it is rebuilt.
+            self.repo.index.maybe_compact()
         if not isinstance(data, bytes):
             data = bytes(data)
         self._encode_slots.acquire()

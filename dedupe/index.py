@@ -106,6 +106,7 @@ class MasterIndex:
         # Arrays of records not yet sorted in (from loaded index files), and single new blobs.
         self._staged: list[tuple[np.ndarray, np.ndarray]] = []
         self._pending: dict[bytes, list[BlobLocation]] = {}
+        self._pending_count = 0
 
     def _column_views(self) -> tuple[memoryview, ...]:
         """Indexing a memoryview yields a plain int, several times faster than a numpy scalar."""
@@ -132,6 +133,7 @@ class MasterIndex:
         for e in entries:
             loc = BlobLocation(pack_id, e.offset, e.length, e.raw_length, e.type, e.compression)
             self._pending.setdefault(e.id, []).append(loc)
+        self._pending_count += len(entries)
 
     def compact(self) -> None:
         """Sort staged and pending blobs into the arrays."""
@@ -171,6 +173,14 @@ class MasterIndex:
         self._table = np.searchsorted(top, np.arange(65537)).tolist()
         self._staged = []
         self._pending = {}
+        self._pending_count = 0
+
+    def maybe_compact(self) -> None:
+        """Fold new blobs into the arrays once they are many: a dict entry costs ~220 bytes,
+        an array row 58. The threshold grows with the index, so the sorting work over a
+        session stays O(n log n) in total."""
+        if self._pending_count > max(100_000, self._n // 2):
+            self.compact()
 
     # -- lookups
     def set_avoided_packs(self, packs: set[bytes]) -> None:

@@ -265,3 +265,23 @@ def test_memory_per_blob_is_small():
     # and the index still answers correctly
     first = chunks[3][:RECORD_SIZE]
     assert idx.lookup(first[:32]).pack_id == (3).to_bytes(32, "big")
+
+
+def test_session_blobs_are_folded_into_the_arrays():
+    """New blobs leave the per-blob dict once they are many (memory), and stay findable."""
+    import os as _os
+    from dedupe.index import MasterIndex as _MI
+    from dedupe.packs import BlobEntry as _BE
+
+    idx = _MI()
+    ids = [_os.urandom(32) for _ in range(100_001)]
+    idx.add_pack(b"p" * 32, [_BE(b, i * 10, 10, 7, 0, 1) for i, b in enumerate(ids)])
+    assert idx._pending  # still a dict
+    idx.maybe_compact()
+    assert not idx._pending and len(idx) == len(ids)
+    for i in (0, 5000, 100_000):
+        loc = idx.lookup(ids[i])
+        assert loc is not None and loc.offset == i * 10 and loc.pack_id == b"p" * 32
+    idx.add_pack(b"q" * 32, [_BE(ids[0], 0, 10, 7, 0, 1)])
+    idx.maybe_compact()  # below the threshold now: kept pending, still found in both packs
+    assert idx._pending and idx.has(ids[0])
