@@ -304,15 +304,20 @@ class Scratch:
         assert result.warnings == []
         return result
 
-    def restore(self, snap, sparse: bool) -> bytes:
+    def restore(self, snap, sparse: bool, target: bytes | None = None,
+                expect_warnings: bool = False) -> bytes | tuple[bytes, list[str]]:
         """Restore with a freshly opened repository (everything read back from storage)."""
-        self.restores += 1
-        target = os.path.join(self.base, b"restore%d" % self.restores)
+        if target is None:
+            self.restores += 1
+            target = os.path.join(self.base, b"restore%d" % self.restores)
         repo = Repository.open(LocalBackend(self.repo_dir), PW, cache_root=self.cache)
         restorer = Restorer(repo, RestoreOptions(sparse=sparse))
         restorer.restore(snap, os.fsdecode(target))
+        out = target + self.src  # absolute backup paths are recreated under the target
+        if expect_warnings:
+            return out, restorer.warnings
         assert restorer.warnings == []
-        return target + self.src  # absolute backup paths are recreated under the target
+        return out
 
     def close(self) -> None:
         shutil.rmtree(self.base, ignore_errors=True)
@@ -334,10 +339,31 @@ def check_restore(scratch: Scratch, snap, expected: dict, groups: set, src_block
                 assert blocks[rel] * 512 >= size, (rel, "zeros expected without --sparse")
 
 
+def check_restore_over(scratch: Scratch, snap2, v1: dict, v2: dict, groups2: set) -> None:
+    """Restore snapshot 2 over the restore of snapshot 1 (overwrite always): every path of
+    snapshot 2 ends up exactly as in snapshot 2. Leftovers of snapshot 1 may stay (there is
+    no --delete); a non-empty directory is never removed to make room (as restic), and the
+    warning names it."""
+    target = os.path.join(scratch.base, b"restore1")
+    out, warnings = scratch.restore(snap2, False, target=target, expect_warnings=True)
+    blocked = {rel for rel, e in v2.items()
+               if e["type"] != stat.S_IFDIR and v1.get(rel, {}).get("type") == stat.S_IFDIR
+               and any(k.startswith(rel + b"/") for k in v1)}
+    for rel in blocked:
+        assert any(os.fsdecode(os.path.join(out, rel)) in w for w in warnings), (rel, warnings)
+    assert len(warnings) == len(blocked), warnings
+    actual, _ = capture(out)
+    for rel, entry in v2.items():
+        if rel not in blocked:
+            assert actual.get(rel) == entry, (rel, entry, actual.get(rel))
+    kept = {g for g in link_groups(out) if g & v2.keys()}
+    assert kept == groups2  # and no restored file still shares an inode with a leftover
+
+
 # ------------------------------------------------------------------------------ edits
 
 EDITS = ["modify", "append", "truncate", "delete", "rename", "add", "chmod", "touch", "chown",
-         "xattr"]
+         "xattr", "retype"]
 
 
 def apply_edit(data, top: bytes) -> None:
@@ -374,6 +400,19 @@ def apply_edit(data, top: bytes) -> None:
         new = os.path.join(into, data.draw(NAMES, label="new name"))
         if not os.path.lexists(new):
             os.rename(path, new)
+    elif op == "retype" and paths:  # the same name, another kind of entry
+        path = data.draw(st.sampled_from(paths), label="retyped")
+        was_dir = stat.S_ISDIR(os.lstat(path).st_mode)
+        shutil.rmtree(path) if was_dir else os.unlink(path)
+        kind = data.draw(st.sampled_from(["file", "symlink"] if was_dir else ["dir", "dir+file"]))
+        if kind == "file":
+            write_content(path, data.draw(contents(), label="content"))
+        elif kind == "symlink":
+            os.symlink(b"/tmp", path)
+        else:
+            os.mkdir(path)
+            if kind == "dir+file":
+                write_content(os.path.join(path, b"inside"), ("data", 10, "random", 1))
     elif op == "add":
         into = data.draw(st.sampled_from(dirs), label="dir")
         new = os.path.join(into, data.draw(NAMES, label="new file"))
@@ -430,6 +469,7 @@ def test_random_tree_round_trip_and_edits(tree, top_meta, data):
 
         check_restore(scratch, snap1, v1, groups1, blocks1, sparse=True)
         check_restore(scratch, snap2, v2, groups2, blocks2, sparse=False)
+        check_restore_over(scratch, snap2, v1, v2, groups2)
     finally:
         scratch.close()
 
