@@ -101,7 +101,9 @@ class MasterIndex:
         self._raw = np.zeros(0, dtype=np.uint32)
         self._type = np.zeros(0, dtype=np.uint8)
         self._comp = np.zeros(0, dtype=np.uint8)
-        self._table = np.zeros(65537, dtype=np.int64).tolist()
+        self._shift = 48
+        self._table_arr = np.zeros(65537, dtype=np.int64)
+        self._table = memoryview(self._table_arr)
         self._cols = self._column_views()
         # Arrays of records not yet sorted in (from loaded index files), and single new blobs.
         self._staged: list[tuple[np.ndarray, np.ndarray]] = []
@@ -169,8 +171,13 @@ class MasterIndex:
         self._n = len(self._prefix)
         self._prefix_view = memoryview(self._prefix)
         self._cols = self._column_views()
-        top = (self._prefix >> np.uint64(48)).astype(np.int64)
-        self._table = np.searchsorted(top, np.arange(65537)).tolist()
+        # A bucket table over the top bits of the prefix, sized for ~16 blobs a bucket
+        # (2^16..2^22 buckets, 8 bytes each), so a lookup bisects only a few entries.
+        bits = min(22, max(16, (self._n // 16).bit_length()))
+        self._shift = 64 - bits
+        top = (self._prefix >> np.uint64(self._shift)).astype(np.int64)
+        self._table_arr = np.searchsorted(top, np.arange((1 << bits) + 1)).astype(np.int64)
+        self._table = memoryview(self._table_arr)
         self._staged = []
         self._pending = {}
         self._pending_count = 0
@@ -204,7 +211,7 @@ class MasterIndex:
         if self._staged:
             self.compact()
         p = int.from_bytes(blob_id[:8], "big")
-        top = p >> 48
+        top = p >> self._shift
         view = self._prefix_view
         i = bisect_left(view, p, self._table[top], self._table[top + 1])
         n = self._n
@@ -221,8 +228,20 @@ class MasterIndex:
         return None if strict else fallback
 
     def has(self, blob_id: bytes, blob_type: int | None = None) -> bool:
-        """True if a copy exists outside the avoided packs."""
-        return self.lookup(blob_id, blob_type, strict=True) is not None
+        """True if a copy exists outside the avoided packs (the backup's dedup test)."""
+        if self._avoid or blob_id in self._pending or self._staged:
+            return self.lookup(blob_id, blob_type, strict=True) is not None
+        p = int.from_bytes(blob_id[:8], "big")
+        top = p >> self._shift
+        view = self._prefix_view
+        i = bisect_left(view, p, self._table[top], self._table[top + 1])
+        n = self._n
+        types = self._cols[4]
+        while i < n and view[i] == p:
+            if self._ids[i * 32:i * 32 + 32] == blob_id and (blob_type is None or types[i] == blob_type):
+                return True
+            i += 1
+        return False
 
     def __len__(self) -> int:
         staged = sum(len(a) for a, _ in self._staged)
@@ -243,4 +262,4 @@ class MasterIndex:
     def memory_bytes(self) -> int:
         arrays = (self._prefix, self._pack, self._offset, self._length, self._raw, self._type,
                   self._comp)
-        return sum(a.nbytes for a in arrays) + len(self._ids) + 8 * 65537
+        return sum(a.nbytes for a in arrays) + len(self._ids) + self._table_arr.nbytes
