@@ -90,7 +90,7 @@ class App:
 
     def open_repo(self) -> Repository:
         if self._repo is None:
-            self._repo = Repository.open(self.backend(), self.password(),
+            self._repo = Repository.open(self.backend(), self.password,
                                          cache_root=self.cache_dir, no_cache=self.no_cache)
         return self._repo
 

@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     code = 0
     try:
         args = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
+        if not args:
+            args = ["--help"]  # bare `snap`: the help, not a usage error
         rv = cli.main(args=args, prog_name="snap", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0  # commands may return an exit code
     except click.exceptions.Exit as exc:

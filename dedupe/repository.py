@@ -121,8 +121,10 @@ class Repository:
         return cls(backend, master, config, key_id, cache)
 
     @classmethod
-    def open(cls, backend: Backend, password: bytes, *, cache_root: str | None = None,
-             no_cache: bool = False) -> "Repository":
+    def open(cls, backend: Backend, password: bytes | Callable[[], bytes], *,
+             cache_root: str | None = None, no_cache: bool = False) -> "Repository":
+        """Open with a password, or a callable asked for it only once the location turned
+        out to hold a repository (no prompt for a mistyped path)."""
         try:
             raw_config = backend.get("config")
         except NotFound:
@@ -130,6 +132,8 @@ class Repository:
         names = [o.name for o in backend.list("keys")]
         if not names:
             raise NoRepository(f"{backend.location} has a config but no key files")
+        if callable(password):
+            password = password()
         master = key_id = None
         damaged: list[SnapError] = []
         for name in sorted(names):
