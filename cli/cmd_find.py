@@ -12,7 +12,7 @@ from dedupe.filters import PatternList
 
 from .app import App, UsageError, pass_app
 from .nodeview import emit, long_line, match_json, snapshot_time
-from .selection import filter_options, make_filter
+from .selection import filter_options, make_filter, select_snapshots
 
 # restic's accepted forms for --oldest/--newest (local time).
 _TIME_FORMATS = ("%Y-%m-%d", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S", "%d.%m.%Y",
@@ -58,16 +58,7 @@ def command(app: App, patterns, snapshot_ids, ignore_case, long_, human_readable
         raise UsageError("no pattern given")
     oldest_ns, newest_ns = _parse_time(oldest, "--oldest"), _parse_time(newest, "--newest")
     repo = app.open_repo()
-    filt = make_filter(hosts, tags, paths)
-    everything = repo.list_snapshots()
-    if snapshot_ids:
-        snaps = []
-        for ref in snapshot_ids:
-            snap = repo.find_snapshot(ref, everything, filter_fn=filt if ref == "latest" else None)
-            if all(s.id != snap.id for s in snaps):
-                snaps.append(snap)
-    else:
-        snaps = filt.apply(everything)
+    snaps = select_snapshots(repo, snapshot_ids, make_filter(hosts, tags, paths))
     snaps.sort(key=lambda s: (s.time, s.id), reverse=not reverse)
 
     first_group = True

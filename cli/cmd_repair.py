@@ -8,7 +8,7 @@ from dedupe.repair import SnapshotRepair, repair_index, repair_snapshots
 
 from .app import App, pass_app
 from .progress import LiveLine
-from .selection import filter_options, make_filter
+from .selection import filter_options, make_filter, select_snapshots
 
 
 @click.group("repair")
@@ -76,16 +76,7 @@ def snapshots_command(app: App, snapshot_ids, forget, dry_run, hosts, tags, path
     the original's id; originals are kept unless --forget. Run 'snap repair index' first
     if index files or packs were lost."""
     repo = app.open_repo()
-    filt = make_filter(hosts, tags, paths)
-    everything = repo.list_snapshots()
-    if snapshot_ids:
-        snaps = []
-        for ref in snapshot_ids:
-            snap = repo.find_snapshot(ref, everything, filter_fn=filt if ref == "latest" else None)
-            if all(s.id != snap.id for s in snaps):
-                snaps.append(snap)
-    else:
-        snaps = filt.apply(everything)
+    snaps = select_snapshots(repo, snapshot_ids, make_filter(hosts, tags, paths))
     results = repair_snapshots(repo, snaps, forget=forget, dry_run=dry_run,
                                on_snapshot=None if app.json else lambda r: _report(app, r, dry_run))
     repaired = sum(r.status == "repaired" for r in results)

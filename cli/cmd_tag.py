@@ -9,7 +9,7 @@ from dedupe.tags import change_tags
 from .app import App, UsageError, pass_app
 from .errors import EXIT_ERROR
 from .nodeview import emit_json
-from .selection import filter_options, make_filter
+from .selection import filter_options, make_filter, select_snapshots
 
 
 def _flatten(values) -> list[str]:
@@ -39,16 +39,7 @@ def command(app: App, snapshot_ids, add_tags, remove_tags, set_tags, hosts, tags
     if set_tags and (add_tags or remove_tags):
         raise UsageError("--set cannot be combined with --add or --remove")
     repo = app.open_repo()
-    filt = make_filter(hosts, tags, paths)
-    everything = repo.list_snapshots()
-    if snapshot_ids:
-        snaps = []
-        for ref in snapshot_ids:
-            snap = repo.find_snapshot(ref, everything, filter_fn=filt if ref == "latest" else None)
-            if all(s.id != snap.id for s in snaps):
-                snaps.append(snap)
-    else:
-        snaps = filt.apply(everything)
+    snaps = select_snapshots(repo, snapshot_ids, make_filter(hosts, tags, paths))
     failed = []
 
     def on_error(snap, exc) -> None:

@@ -28,6 +28,23 @@ def make_filter(hosts, tags, paths) -> SnapshotFilter:
     )
 
 
+def select_snapshots(repo, snapshot_ids, filt: SnapshotFilter) -> list:
+    """The snapshots named by ``snapshot_ids`` (ids, unique prefixes, 'latest'), in the
+    order given without repeats; with no ids, every snapshot ``filt`` matches.
+
+    The filter narrows only 'latest' when ids are given: an explicit id is taken as meant.
+    """
+    everything = repo.list_snapshots()
+    if not snapshot_ids:
+        return filt.apply(everything)
+    snaps = []
+    for ref in snapshot_ids:
+        snap = repo.find_snapshot(ref, everything, filter_fn=filt if ref == "latest" else None)
+        if all(s.id != snap.id for s in snaps):
+            snaps.append(snap)
+    return snaps
+
+
 def split_snapshot_arg(arg: str) -> tuple[str, str]:
     """``ID[:PATH]`` -> (ID, PATH); PATH defaults to the snapshot root."""
     ref, _, sub = arg.partition(":")
