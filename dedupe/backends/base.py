@@ -33,7 +33,7 @@ several threads at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Any, Iterator, Protocol, runtime_checkable
 
 NAMESPACES = ("keys", "snapshots", "index", "data", "locks", "state")
 
@@ -60,6 +60,26 @@ class Backend(Protocol):
     def delete(self, name: str) -> None: ...
 
     def close(self) -> None: ...
+
+
+class BackendWrapper:
+    """Base of the wrappers (retry, counting, faults): holds ``inner``, closes it, and hands
+    every attribute it does not define to it, so backend-specific extras
+    (``create_bucket_if_missing``, ``http_request_counts``, ...) reach through a stack."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.location = inner.location
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __getattr__(self, attr: str) -> Any:
+        # Only called for missing attributes; "inner" missing means a half-built wrapper
+        # (copy/pickle): delegating would recurse forever.
+        if attr == "inner":
+            raise AttributeError(attr)
+        return getattr(self.inner, attr)
 
 
 def pack_name(pack_id_hex: str) -> str:

@@ -15,18 +15,17 @@ import threading
 from collections import Counter
 from typing import Any, Iterator
 
-from .base import Backend, ObjectInfo
+from .base import Backend, BackendWrapper, ObjectInfo
 
 KINDS = ("PUT", "GET", "HEAD", "LIST", "DELETE", "other")
 
 
-class CountingBackend:
+class CountingBackend(BackendWrapper):
     """Counts the protocol calls that pass through it (place it under the retry wrapper so
     that retried calls count as the separate requests they are)."""
 
     def __init__(self, inner: Backend) -> None:
-        self.inner = inner
-        self.location = inner.location
+        super().__init__(inner)
         self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -57,14 +56,6 @@ class CountingBackend:
     def delete(self, name: str) -> None:
         self._count("DELETE")
         self.inner.delete(name)
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def __getattr__(self, attr: str) -> Any:
-        if attr == "inner":
-            raise AttributeError(attr)
-        return getattr(self.inner, attr)
 
 
 def _layers(backend: Any) -> Iterator[Any]:

@@ -20,15 +20,15 @@ import random
 import threading
 import time
 from collections import Counter
-from typing import Any, Iterator
+from typing import Iterator
 
 from ..errors import TransientError
-from .base import Backend, ObjectInfo
+from .base import Backend, BackendWrapper, ObjectInfo
 
 ALL_OPS = ("put", "get", "stat", "list", "delete")
 
 
-class FaultInjectingBackend:
+class FaultInjectingBackend(BackendWrapper):
     def __init__(self, inner: Backend, error_rate: float = 0.05, latency: float = 0.0,
                  seed: int | None = None, ops: tuple[str, ...] | list[str] = ALL_OPS) -> None:
         if not 0.0 <= error_rate <= 1.0:
@@ -36,8 +36,7 @@ class FaultInjectingBackend:
         unknown = set(ops) - set(ALL_OPS)
         if unknown:
             raise ValueError(f"unknown operations {sorted(unknown)}; known: {ALL_OPS}")
-        self.inner = inner
-        self.location = inner.location
+        super().__init__(inner)
         self.error_rate = error_rate
         self.latency = latency
         self.ops = frozenset(ops)
@@ -111,11 +110,3 @@ class FaultInjectingBackend:
         self.inner.delete(name)
         if when == "after":
             raise self._fault("delete", when, name)
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def __getattr__(self, attr: str) -> Any:
-        if attr == "inner":
-            raise AttributeError(attr)
-        return getattr(self.inner, attr)

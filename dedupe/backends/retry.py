@@ -27,22 +27,21 @@ from __future__ import annotations
 import random
 import threading
 import time
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 from ..errors import AlreadyExists, NotFound, TransientError
-from .base import Backend, ObjectInfo
+from .base import Backend, BackendWrapper, ObjectInfo
 
 T = TypeVar("T")
 
 
-class RetryBackend:
+class RetryBackend(BackendWrapper):
     def __init__(self, inner: Backend, attempts: int = 6, base_delay: float = 0.2,
                  max_delay: float = 10.0, *, sleep: Callable[[float], None] = time.sleep,
                  seed: int | None = None) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
-        self.inner = inner
-        self.location = inner.location
+        super().__init__(inner)
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
@@ -126,12 +125,3 @@ class RetryBackend:
                     return  # our earlier attempt deleted it; only its reply was lost
                 raise
             self._backoff(attempt)
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def __getattr__(self, attr: str) -> Any:
-        # Backend-specific extras (create_bucket_if_missing, http_request_counts, ...).
-        if attr == "inner":
-            raise AttributeError(attr)
-        return getattr(self.inner, attr)
