@@ -427,14 +427,12 @@ class Archiver:
     def backup(self, sources: list[str]) -> BackupResult:
         """Back up files and directories; relative paths are made absolute first."""
         abs_paths = sorted({os.path.normpath(os.path.abspath(s)) for s in sources})
-        existing = []
-        for s in abs_paths:
-            if os.path.lexists(s):
-                existing.append(s)
-            else:
-                self._warn(f"{s}: does not exist")
-        if not existing:
+        existing = [s for s in abs_paths if os.path.lexists(s)]
+        if not existing:  # the error alone names them: no warnings before it
             raise SourceError("no source path exists: " + ", ".join(abs_paths))
+        for s in abs_paths:
+            if s not in existing:
+                self._warn(f"{s}: does not exist")
         trie: dict = {}
         for s in existing:
             parts = [os.fsencode(c) for c in s.split("/") if c]
