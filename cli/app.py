@@ -36,7 +36,9 @@ class App:
     _backend: Backend | None = None
     _repo: Repository | None = None
     console: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True))
-    err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
+    # soft_wrap: a warning is one line however long the path (logs and cron mail grep it).
+    err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False,
+                                                         soft_wrap=True))
 
     # ------------------------------------------------------------------ output
     def info(self, message: str) -> None:
