@@ -28,6 +28,7 @@ from .errors import IntegrityError, NotFound
 from .index import BlobLocation
 from .locks import EXCLUSIVE, MARKER, SHARED, Lock, list_locks, remove_lock, write_marker
 from .packs import BLOB_DATA, BLOB_TREE, BlobEntry
+from .tree import file_blobs
 from .walker import load_tree
 
 INDEX_FILE_PACKS = 4000  # packs per new index file (keeps single files a few MB)
@@ -81,9 +82,7 @@ def used_blobs(repo, snapshots, progress: Callable[[int], None] | None = None) -
         for node in load_tree(repo, tid):
             if node["type"] == "dir" and node.get("subtree"):
                 stack.append(node["subtree"])
-            for item in node.get("content") or ():
-                if isinstance(item, bytes):
-                    used.add(item)
+            used.update(file_blobs(node))
         if progress:
             progress(len(used))
     return used
