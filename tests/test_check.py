@@ -7,7 +7,6 @@ every 8 packs: the on-disk format is unchanged (pack size is a target, not a rul
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -30,6 +29,7 @@ from dedupe.repository import Repository
 from dedupe.restorer import Restorer
 from dedupe.subset import SubsetSpec
 from dedupe.walker import find_node, walk
+from helpers import tree_digest
 
 PW = b"check-test-pw"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,19 +111,9 @@ def blob_place(repo: Repository, src: str, rel: str):
     return path, blob, repo.index.lookup(blob, BLOB_DATA)
 
 
-def digest(root: str) -> dict[str, str]:
-    out = {}
-    for d, _, files in os.walk(root):
-        for f in files:
-            p = os.path.join(d, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
-
-
 def restore_latest(repo: Repository, src: str, target: str) -> dict[str, str]:
     Restorer(repo).restore(repo.find_snapshot("latest"), target)
-    return digest(os.path.join(target, *[c for c in src.split("/") if c]))
+    return tree_digest(os.path.join(target, *[c for c in src.split("/") if c]))
 
 
 # ---------------------------------------------------------------------------- clean
@@ -215,7 +205,7 @@ def test_deleted_pack_is_named_with_affected_files_and_repaired(env, tmp_path):
     snaps = repo.list_snapshots()
     assert len(snaps) == 2 and all("repaired" in s.tags and s.original for s in snaps)
     got = restore_latest(repo, src, str(tmp_path / "restore"))
-    want = digest(src)
+    want = tree_digest(src)
     damaged = {os.path.relpath(p, src) for p in affected}
     assert {k: v for k, v in got.items() if k not in damaged} == \
         {k: v for k, v in want.items() if k not in damaged}
@@ -256,7 +246,7 @@ def test_lost_index_file_is_reported_and_repair_index_makes_the_repository_whole
     assert r.returncode == 0, r.stdout + r.stderr
     assert "not in any index" not in r.stdout
     repo = open_repo(repo_dir, cache)
-    assert restore_latest(repo, src, str(tmp_path / "restore")) == digest(src)
+    assert restore_latest(repo, src, str(tmp_path / "restore")) == tree_digest(src)
 
 
 def test_damaged_index_file_and_snapshot_are_named(env):

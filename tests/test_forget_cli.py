@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import data_bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,11 +22,6 @@ def snap(repo, *args, check=True, env_extra=None):
         raise AssertionError(f"snap {' '.join(args)} -> {proc.returncode}: {proc.stderr}")
     assert "Traceback" not in proc.stderr
     return proc
-
-
-def data_size(repo: str) -> int:
-    return sum(os.path.getsize(os.path.join(d, f))
-               for d, _, fs in os.walk(os.path.join(repo, "data")) for f in fs)
 
 
 @pytest.fixture
@@ -65,7 +61,7 @@ def test_policy_dry_run_then_forget_and_prune(repo, tmp_path):
     assert kept == {"2026-10-20T09:00", "2026-10-10T09:00", "2026-10-02T18:00"}
     assert ids_by_time(repo, tmp_path) == before  # dry run removed nothing
 
-    size_before = data_size(repo)
+    size_before = data_bytes(repo)
     # Remove everything but the newest, from which every file but the last was deleted
     for name in os.listdir(src):
         if not name.startswith("file-2026-10-20"):
@@ -75,7 +71,7 @@ def test_policy_dry_run_then_forget_and_prune(repo, tmp_path):
     assert "removed 5 snapshots" in out.stdout
     after = ids_by_time(repo, tmp_path)
     assert list(after) == ["2026-10-21T09:00"]
-    assert data_size(repo) < size_before * 0.5  # measurably smaller
+    assert data_bytes(repo) < size_before * 0.5  # measurably smaller
     snap(repo, "check", "--read-data", env_extra=env)
 
 

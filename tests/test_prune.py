@@ -3,7 +3,6 @@ prune killed at any instant leaves a repository whose snapshots all restore."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import shutil
@@ -24,25 +23,11 @@ from dedupe.locks import MARKER, SHARED, Lock, list_locks
 from dedupe.prune import Pruner, PruneOptions
 from dedupe.repository import Repository
 from dedupe.restorer import Restorer
+from helpers import data_bytes, tree_digest
 
 FAST_KDF = KdfParams(1, 8 << 20)
 SMALL = dict(chunk_min=16 * 1024, chunk_avg=64 * 1024, chunk_max=256 * 1024, pack_size=4 << 20)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tree_digest(root: str) -> dict[str, str]:
-    out = {}
-    for d, _, files in os.walk(root):
-        for f in files:
-            p = os.path.join(d, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
-
-
-def data_bytes(repo_dir: str) -> int:
-    return sum(os.path.getsize(os.path.join(d, f))
-               for d, _, fs in os.walk(os.path.join(repo_dir, "data")) for f in fs)
 
 
 @pytest.fixture
