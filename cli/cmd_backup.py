@@ -12,7 +12,7 @@ import click
 
 from dedupe.archiver import Archiver, BackupOptions, BackupProgress
 from dedupe.errors import SourceError
-from dedupe.filters import collect_patterns, read_files_from
+from dedupe.filelists import collect_patterns, read_files_from
 
 from .app import App, UsageError, pass_app
 from .errors import EXIT_INCOMPLETE

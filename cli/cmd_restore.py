@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from dedupe.filters import collect_patterns
+from dedupe.filelists import collect_patterns
 from dedupe.restorer import OVERWRITE_MODES, Restorer, RestoreOptions, RestoreProgress
 
 from .app import App, UsageError, pass_app

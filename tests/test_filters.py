@@ -1,4 +1,4 @@
-"""dedupe.filters: restic's exclude/include pattern semantics.
+"""dedupe.filters and dedupe.filelists: restic's exclude/include pattern semantics.
 
 The example tables are restic's own (internal/filter/filter_test.go) and its documentation's
 (doc/040_backup.rst); the hypothesis tests compare against a direct, slow port of restic's
@@ -15,16 +15,12 @@ import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
+from dedupe.filelists import collect_patterns, expand_env, glob, read_files_from, read_pattern_file
 from dedupe.filters import (
     PatternGroup,
     PatternList,
-    collect_patterns,
     exclude_selector,
-    expand_env,
-    glob,
     include_selector,
-    read_files_from,
-    read_pattern_file,
     validate_pattern,
 )
 
