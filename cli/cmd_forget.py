@@ -6,10 +6,8 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from dedupe.forget import (
-    KeepPolicy, filter_snapshots, groups_removing_all, parse_count, parse_duration,
-    parse_group_by, parse_tag_list, plan_forget,
-)
+from dedupe.forget import KeepPolicy, groups_removing_all, parse_count, parse_duration, plan_forget
+from dedupe.snapgroups import filter_snapshots, parse_group_by, parse_tag_list
 
 from .app import App, UsageError, pass_app
 from .cmd_prune import prune_options, run_prune

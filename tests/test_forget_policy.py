@@ -19,21 +19,23 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from dedupe.forget import (
-    DEFAULT_GROUP_BY,
     RECORDED,
     UNLIMITED,
     Duration,
     KeepPolicy,
     SnapshotRef,
     apply_policy,
-    filter_snapshots,
-    group_snapshots,
     groups_removing_all,
     parse_count,
     parse_duration,
+    plan_forget,
+)
+from dedupe.snapgroups import (
+    DEFAULT_GROUP_BY,
+    filter_snapshots,
+    group_snapshots,
     parse_group_by,
     parse_tag_list,
-    plan_forget,
 )
 
 UTC = timezone.utc
