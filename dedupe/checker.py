@@ -38,7 +38,7 @@ import numpy as np
 
 from . import verifystate
 from .affected import map_affected
-from .backends.base import pack_name
+from .backends.base import pack_id_from_name, pack_name
 from .checkreport import ERROR, INFO, CheckProgress, CheckResult, Finding
 from .crypto import OVERHEAD, storage_id
 from .errors import BackendError, IntegrityError, NotFound, UnsupportedVersion
@@ -51,7 +51,6 @@ from .subset import SubsetSpec, select_packs
 from .tree import Node, decode_tree, file_blobs
 
 TRAILER_SIZE = 4
-_HEX = frozenset("0123456789abcdef")
 _ID_DTYPE = np.dtype([("id", "V32"), ("rest", "V16")])
 TREE_PACK_MEMORY = 256 << 20  # tree packs kept in memory while walking (LRU)
 
@@ -60,14 +59,6 @@ def expected_pack_size(records: bytes) -> int:
     """A pack's exact size from its 48-byte records: blob bytes, sealed header, trailer."""
     end = max((r[1] + r[2] for r in RECORD.iter_unpack(records)), default=0)
     return end + OVERHEAD + 1 + len(records) + TRAILER_SIZE
-
-
-def pack_id_from_name(name: str) -> bytes | None:
-    parts = name.split("/")
-    if (len(parts) == 3 and len(parts[2]) == 64 and set(parts[2]) <= _HEX
-            and parts[1] == parts[2][:2]):
-        return bytes.fromhex(parts[2])
-    return None
 
 
 def _type_name(blob_type: int) -> str:

@@ -23,7 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .backends.base import pack_name
+from .backends.base import pack_id_from_name, pack_name
 from .errors import IntegrityError, NotFound
 from .index import BlobLocation
 from .locks import EXCLUSIVE, MARKER, SHARED, Lock, list_locks, remove_lock, write_marker
@@ -194,7 +194,9 @@ class Pruner:
         usage = self._usage(used, marked={p for m in markers for p in m.packs})
         index_ids = repo.listed_index_ids()  # superseded leftovers too: see listed_index_ids
         # (4) packs in storage
-        stored = {bytes.fromhex(o.name.rsplit("/", 1)[1]): o.size for o in repo.backend.list("data")}
+        # Objects not named like packs are not ours to delete (check reports them).
+        stored = {pid: o.size for o in repo.backend.list("data")
+                  if (pid := pack_id_from_name(o.name)) is not None}
         res.packs_total = len(stored)
         orphans = {p for p in stored if p not in usage}
         res.orphan_packs = len(orphans)

@@ -23,8 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .backends.base import pack_name
-from .checker import pack_id_from_name, expected_pack_size
+from .backends.base import pack_id_from_name, pack_name
+from .checker import expected_pack_size
 from .errors import BackendError, IntegrityError, LockError, NotFound, SnapError, UnsupportedVersion
 from .index import decode_index_file
 from .locks import EXCLUSIVE, MARKER, Lock, list_locks

@@ -309,3 +309,20 @@ def test_interrupted_prune_then_prune_does_not_resurrect_old_index_files(repo, t
         assert loc.pack_id.hex() in stored  # no index entry points at a deleted pack
     for s, digest in snaps[2:]:
         assert restore_digest(final, final.load_snapshot(s.id), str(tmp_path / "o")) == digest
+
+
+def test_prune_leaves_objects_not_named_like_packs_alone(repo, tmp_path):
+    """A stray object under data/ (a note, a copy in the wrong shard) is not a pack: prune must
+    neither crash on its name nor delete it (check reports such names)."""
+    src = str(tmp_path / "src")
+    write_round(src, random.Random(3), 0)
+    snap = Archiver(repo).backup([src]).snapshot
+    pack = next(o.name for o in repo.backend.list("data"))
+    strays = ["data/ab/README", "data/00/" + pack.rsplit("/", 1)[1]]
+    for name in strays:
+        repo.backend.put(name, b"not a pack")
+    result = Pruner(repo).run()
+    assert result.orphan_packs == 0
+    for name in strays:
+        assert repo.backend.get(name) == b"not a pack"
+    assert restore_digest(repo, snap, str(tmp_path / "out")) == tree_digest(src)

@@ -87,6 +87,19 @@ def pack_name(pack_id_hex: str) -> str:
     return f"data/{pack_id_hex[:2]}/{pack_id_hex}"
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
+def pack_id_from_name(name: str) -> bytes | None:
+    """The pack id of a ``data/`` object name, or None for a name that is not a pack's (a
+    stray file, a wrong shard): such objects are never read, deleted or repacked as packs."""
+    parts = name.split("/")
+    if (len(parts) == 3 and len(parts[2]) == 64 and set(parts[2]) <= _HEX
+            and parts[1] == parts[2][:2]):
+        return bytes.fromhex(parts[2])
+    return None
+
+
 def check_name(name: str) -> str:
     """Reject names that could escape the repository root or are not in a namespace."""
     parts = name.split("/")
