@@ -18,6 +18,7 @@ ran on this host and its process is gone. ``snap unlock`` removes stale locks.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -143,8 +144,7 @@ class Lock:
         """
         deadline = time.monotonic() + wait
         while True:
-            write_lock(self.repo, self.info)
-            others = [lk for lk in list_locks(self.repo) if lk.id != self.info.id]
+            others = self._write_and_list()
             blocking = [lk for lk in others if lk.kind == EXCLUSIVE and not lk.stale()]
             if not blocking:
                 self._start_refresh()
@@ -161,13 +161,23 @@ class Lock:
         Write-then-list on both sides means a racing shared locker and this call cannot both
         proceed: at least one of them sees the other's lock and backs off.
         """
-        write_lock(self.repo, self.info)
-        others = [lk for lk in list_locks(self.repo) if lk.id != self.info.id]
+        others = self._write_and_list()
         if any(lk.kind != MARKER and not lk.stale() for lk in others):
             remove_lock(self.repo, self.info.id)
             return None
         self._start_refresh()
         return others
+
+    def _write_and_list(self) -> list[LockInfo]:
+        """Write our lock, then list the others; on any failure our lock is removed again
+        (else it would block prunes until it goes stale)."""
+        write_lock(self.repo, self.info)
+        try:
+            return [lk for lk in list_locks(self.repo) if lk.id != self.info.id]
+        except BaseException:
+            with contextlib.suppress(Exception):
+                remove_lock(self.repo, self.info.id)
+            raise
 
     # -- refresh / release
     def _start_refresh(self) -> None:
@@ -181,10 +191,16 @@ class Lock:
 
     def refresh(self) -> None:
         with self._mutex:
-            old = self.info.id
+            old, old_time = self.info.id, self.info.time
             self.info.time = _now()
             try:
                 write_lock(self.repo, self.info)
+            except Exception:
+                # Not written: the old object is still the one to remove on release.
+                self.info.id, self.info.time = old, old_time
+                self.lost = True
+                return
+            try:
                 remove_lock(self.repo, old)
             except Exception:
                 self.lost = True

@@ -1,0 +1,86 @@
+"""Locks: a storage failure while taking or refreshing a lock leaves no lock object behind.
+
+The repository is a real local directory; the wrapper only makes chosen calls fail, as a
+broken connection would (after the retry wrapper gave up).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dedupe.backends import LocalBackend
+from dedupe.backends.base import BackendWrapper
+from dedupe.crypto import KdfParams
+from dedupe.errors import BackendError
+from dedupe.locks import SHARED, Lock
+from dedupe.repository import Repository
+
+
+class FailingCalls(BackendWrapper):
+    """Raises BackendError for the next call of an operation on ``locks/`` once armed."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.fail: set[str] = set()
+
+    def _maybe_fail(self, op: str, name: str) -> None:
+        if op in self.fail and name.startswith("locks"):
+            self.fail.discard(op)
+            raise BackendError(f"{op} {name}: connection reset")
+
+    def put(self, name, data, bulk=False):
+        self._maybe_fail("put", name)
+        return self.inner.put(name, data, bulk)
+
+    def get(self, name, offset=0, length=None):
+        return self.inner.get(name, offset, length)
+
+    def stat(self, name):
+        return self.inner.stat(name)
+
+    def list(self, namespace):
+        self._maybe_fail("list", namespace)
+        return self.inner.list(namespace)
+
+    def delete(self, name):
+        return self.inner.delete(name)
+
+
+@pytest.fixture
+def repo(tmp_path):
+    Repository.init(LocalBackend(str(tmp_path / "repo")), b"pw", kdf=KdfParams(1, 8 << 20),
+                    cache_root=str(tmp_path / "cache")).close()
+    return Repository.open(FailingCalls(LocalBackend(str(tmp_path / "repo"))), b"pw",
+                           no_cache=True)
+
+
+def lock_objects(repo) -> list[str]:
+    return [o.name for o in repo.backend.inner.list("locks")]
+
+
+def test_failed_refresh_keeps_the_lock_release_removes(repo):
+    lock = Lock(repo, SHARED, "backup")
+    lock.acquire_shared()
+    held = lock_objects(repo)
+    repo.backend.fail.add("put")
+    lock.refresh()
+    assert lock.lost
+    assert lock_objects(repo) == held  # the old lock is still there, and still ours
+    lock.release()
+    assert lock_objects(repo) == []
+
+
+def test_failure_after_writing_the_lock_removes_it(repo):
+    lock = Lock(repo, SHARED, "backup")
+    repo.backend.fail.add("list")  # the lock is written, listing the others fails
+    with pytest.raises(BackendError):
+        lock.acquire_shared()
+    assert lock_objects(repo) == []
+
+
+def test_failed_exclusive_attempt_removes_its_lock(repo):
+    lock = Lock(repo, "exclusive", "prune")
+    repo.backend.fail.add("list")
+    with pytest.raises(BackendError):
+        lock.try_exclusive()
+    assert lock_objects(repo) == []
