@@ -23,6 +23,7 @@ from typing import Any, BinaryIO, Callable, Protocol
 from .chunker import Chunker
 from .errors import Interrupted, SourceError
 from .locks import SHARED, Lock
+from .prefetch import Prefetcher
 from .packs import BLOB_DATA, BLOB_TREE
 from .repository import Repository, default_identity
 from .snapshot import Snapshot
@@ -318,6 +319,7 @@ class Archiver:
             self._warn(f"{_fs(path)}: cannot list directory: {exc.strerror}")
             entries = []
         dev = None
+        chosen = []
         for entry in entries:
             child = entry.path
             try:
@@ -329,9 +331,12 @@ class Archiver:
                 continue
             if stat.S_ISDIR(st.st_mode) and self._dir_excluded_by_marker(child):
                 continue
+            chosen.append((entry, st))
+        self._prefetch.ahead(chosen, prev_nodes, self.opts.force)
+        for entry, st in chosen:
             if dev is None:
                 dev = os.lstat(path).st_dev if self.opts.one_file_system else 0
-            node = self._entry(child, entry.name, st, prev_nodes.get(entry.name), dev)
+            node = self._entry(entry.path, entry.name, st, prev_nodes.get(entry.name), dev)
             if node is not None:
                 nodes.append(node)
         tree_id = self._save(BLOB_TREE, encode_tree(nodes))
@@ -374,6 +379,10 @@ class Archiver:
              parent: Snapshot | None, extra_summary: dict | None = None) -> BackupResult:
         started = datetime.now().astimezone()
         t0 = time.monotonic()
+        with Prefetcher() as self._prefetch:
+            return self._run_locked(build_root, paths, parent, started, t0, extra_summary)
+
+    def _run_locked(self, build_root, paths, parent, started, t0, extra_summary) -> BackupResult:
         if self.opts.dry_run:
             root = build_root(parent.tree if parent else None)
             stats = {"packs_written": 0, "bytes_added_stored": 0}

@@ -1,0 +1,78 @@
+"""Read-ahead for backups: keep the disk busy while the single producer thread works.
+
+The producer reads one file at a time. On a cold page cache that serialises every metadata
+lookup and every file read behind Python's work. When the producer lists a directory it tells
+the prefetcher what comes next: the files it will have to read (changed or new: their size,
+mtime, ctime or inode differ from the parent snapshot) get ``posix_fadvise(WILLNEED)``, which
+starts asynchronous reads, and each subdirectory is listed and its entries stat'ed, which
+loads their inodes. Only one level ahead is queued, so the prefetcher cannot run away with the
+whole tree or evict what the producer is about to use. Everything here is a hint: errors are
+ignored and results are not used.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from concurrent.futures import ThreadPoolExecutor
+
+_WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
+_MAX_AHEAD = 64 * 1024 * 1024  # bytes of one file hinted; sequential readahead does the rest
+
+
+def _might_read(st: os.stat_result, prev: dict | None, force: bool) -> bool:
+    if force or prev is None or prev.get("type") != "file":
+        return True
+    return (prev.get("size") != st.st_size or prev.get("mtime") != st.st_mtime_ns
+            or prev.get("ctime") != st.st_ctime_ns or prev.get("inode") != st.st_ino)
+
+
+def _hint_file(path: bytes, size: int) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | _O_NOATIME)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, min(size, _MAX_AHEAD), _WILLNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _stat_dir(path: bytes) -> None:
+    try:
+        with os.scandir(path) as it:
+            for entry in it:
+                try:
+                    entry.stat(follow_symlinks=False)
+                except OSError:
+                    pass
+    except OSError:
+        pass
+
+
+class Prefetcher:
+    def __init__(self, threads: int = 2) -> None:
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="snap-prefetch") \
+            if _WILLNEED is not None else None
+
+    def ahead(self, entries: list, prev_nodes: dict, force: bool) -> None:
+        """``entries``: (os.DirEntry, stat) of a directory the producer is about to process."""
+        if self._pool is None:
+            return
+        for entry, st in entries:
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                self._pool.submit(_stat_dir, entry.path)
+            elif stat.S_ISREG(mode) and st.st_size and \
+                    _might_read(st, prev_nodes.get(entry.name), force):
+                self._pool.submit(_hint_file, entry.path, st.st_size)
+
+    def __enter__(self) -> "Prefetcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
