@@ -272,9 +272,14 @@ class Restorer:
         packs = list(self._by_pack.items())
         if not packs:
             return
-        with ThreadPoolExecutor(self.opts.workers, thread_name_prefix="snap-restore") as pool:
+        pool = ThreadPoolExecutor(self.opts.workers, thread_name_prefix="snap-restore")
+        try:
             for fut in [pool.submit(self._fill_pack, pid, blobs) for pid, blobs in packs]:
                 fut.result()
+        finally:
+            # On an error or Ctrl-C, packs not yet started are dropped: the with-statement's
+            # shutdown would fetch every one of them before the exception got through.
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _fill_pack(self, pack_id: bytes, blobs: dict[bytes, list]) -> None:
         name = pack_name(pack_id.hex())
