@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
 
 from dedupe.backends import open_backend, wrap_backend
 from dedupe.backends.base import Backend
 from dedupe.errors import SnapError
 from dedupe.repository import Repository
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class UsageError(SnapError):
@@ -35,10 +38,20 @@ class App:
     backend_options: dict[str, Any] = field(default_factory=dict)
     _backend: Backend | None = None
     _repo: Repository | None = None
-    console: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True))
+
+    # rich is imported on first use: a quiet cron backup never pays for it.
     # soft_wrap: a warning is one line however long the path (logs and cron mail grep it).
-    err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False,
-                                                         soft_wrap=True))
+    @functools.cached_property
+    def console(self) -> "Console":
+        from rich.console import Console
+
+        return Console(highlight=False, soft_wrap=True)
+
+    @functools.cached_property
+    def err(self) -> "Console":
+        from rich.console import Console
+
+        return Console(stderr=True, highlight=False, soft_wrap=True)
 
     # ------------------------------------------------------------------ output
     def info(self, message: str) -> None:

@@ -125,7 +125,7 @@ def command(app: App, paths, exclude, iexclude, exclude_file, iexclude_file, exc
 
 def _backup_paths(app: App, archiver: Archiver, progress: BackupProgress, sources: list[str]):
     totals = {"files": 0, "bytes": 0, "done": False}
-    show_live = not app.quiet and not app.json and app.err.is_terminal
+    show_live = not app.quiet and not app.json and sys.stderr.isatty()
     if not show_live and not app.json:
         return archiver.backup(sources)
     stop = threading.Event()

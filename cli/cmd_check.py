@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import sys
+
 import click
 
 from dedupe.checker import CheckOptions, Checker
@@ -125,7 +127,7 @@ def command(app: App, read_data, subset, no_lock, workers) -> int:
     opts = CheckOptions(read_data=read_data, subset=spec, workers=workers, lock=not no_lock)
     # Findings are printed at the end, once the paths depending on each are known.
     checker = Checker(repo, opts, progress=progress)
-    if not app.quiet and not app.json and app.err.is_terminal:
+    if not app.quiet and not app.json and sys.stderr.isatty():
         with LiveLine(app.err) as live, Ticker(lambda final: live.update(_line(progress)), 0.25):
             result = checker.run()
     else:

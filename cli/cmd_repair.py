@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from dedupe.repair import SnapshotRepair, repair_index, repair_snapshots
@@ -26,7 +28,7 @@ def index_command(app: App, workers) -> None:
     Writes new index files that supersede every existing one, then deletes the old ones.
     Needs exclusive access to the repository."""
     repo = app.open_repo()
-    if not app.quiet and not app.json and app.err.is_terminal:
+    if not app.quiet and not app.json and sys.stderr.isatty():
         with LiveLine(app.err) as live:
             result = repair_index(repo, workers=workers, progress=lambda done, total: live.update(
                 f"reading pack headers: {done}/{total}"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from dedupe.filelists import collect_patterns
@@ -53,7 +55,7 @@ def command(app: App, snapshot, target, include, iinclude, exclude, iexclude, ve
                           sparse=sparse, overwrite=overwrite, dry_run=dry_run, verify=verify)
     progress = RestoreProgress()
     restorer = Restorer(repo, opts, progress=progress, on_warning=app.warn)
-    if not app.quiet and not app.json and app.err.is_terminal and not dry_run:
+    if not app.quiet and not app.json and sys.stderr.isatty() and not dry_run:
         with LiveLine(app.err) as live, Ticker(lambda final: live.update(_line(progress)), 0.25):
             restorer.restore(snap, target, sub)
     else:

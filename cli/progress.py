@@ -11,9 +11,6 @@ import threading
 import time
 from typing import Callable
 
-from rich.live import Live
-from rich.text import Text
-
 from .sizes import format_size
 
 
@@ -91,6 +88,10 @@ class LiveLine:
     """A single refreshing status line on stderr."""
 
     def __init__(self, console) -> None:
+        from rich.live import Live  # only on terminals: not worth importing otherwise
+        from rich.text import Text
+
+        self._text = Text
         self._live = Live(Text(""), console=console, refresh_per_second=4, transient=True)
 
     def __enter__(self) -> "LiveLine":
@@ -98,7 +99,7 @@ class LiveLine:
         return self
 
     def update(self, line: str) -> None:
-        self._live.update(Text(line, overflow="ellipsis", no_wrap=True))
+        self._live.update(self._text(line, overflow="ellipsis", no_wrap=True))
 
     def __exit__(self, *exc) -> None:
         self._live.__exit__(*exc)
