@@ -35,18 +35,6 @@ class InterruptedAtFirstDataPack(BackendWrapper):
                 raise KeyboardInterrupt
         return self.inner.get(name, offset, length)
 
-    def put(self, name, data, bulk=False):
-        return self.inner.put(name, data, bulk)
-
-    def stat(self, name):
-        return self.inner.stat(name)
-
-    def list(self, namespace):
-        return self.inner.list(namespace)
-
-    def delete(self, name):
-        return self.inner.delete(name)
-
 
 def test_interrupt_cancels_the_remaining_pack_reads(tmp_path):
     repo = Repository.init(LocalBackend(str(tmp_path / "repo")), b"pw",
