@@ -6,8 +6,8 @@ loading it is a ``numpy.frombuffer`` rather than millions of Python objects.
 The in-memory ``MasterIndex`` keeps blobs in sorted, fixed-width arrays: a uint64 prefix of the
 id (the first 8 bytes, big-endian), the full 32-byte ids in one ``bytes`` buffer, and uint32
 columns for pack number, offset, length and raw length, plus type and compression bytes: 58
-bytes per blob. A 65,536-entry table of where each 16-bit prefix starts narrows each lookup
-to a handful of bisection steps. Blobs added during a session sit in a small dict until
+bytes per blob. A table of where each top-bits prefix starts (2^16 to 2^22 buckets, ~16 blobs
+each) narrows each lookup to a handful of bisection steps. Blobs added during a session sit in a small dict until
 ``compact()`` folds them into the arrays.
 """
 
@@ -17,23 +17,35 @@ from bisect import bisect_left
 from typing import Iterable, Iterator, NamedTuple
 
 import msgpack
-import numpy as np
+from array import array
 
 from .crypto import AAD_INDEX, MasterKey
 from .errors import IntegrityError, UnsupportedVersion
-from .packs import RECORD_SIZE, BlobEntry, encode_records
+from .packs import RECORD, RECORD_SIZE, BlobEntry, encode_records
 
 INDEX_VERSION = 1
 
-# Structured view of one record; "prefix" overlays the first 8 bytes of the id.
-_RECORD_DTYPE = np.dtype(
-    {
-        "names": ["prefix", "id", "offset", "length", "raw", "type", "comp"],
-        "formats": [">u8", "V32", "<u4", "<u4", "<u4", "u1", "u1"],
-        "offsets": [0, 0, 32, 36, 40, 44, 45],
-        "itemsize": RECORD_SIZE,
-    }
-)
+np = None  # numpy, imported on first need (see _numpy)
+_RECORD_DTYPE = None
+# Repositories up to this many blobs keep their index in a dict and never import numpy:
+# its import alone costs more start-up time than a small index's whole load.
+_SMALL = 100_000
+
+
+def _numpy():
+    """Import numpy and build the record dtype on first use."""
+    global np, _RECORD_DTYPE
+    if np is None:
+        import numpy
+
+        np = numpy
+        _RECORD_DTYPE = np.dtype({  # one record; "prefix" overlays the id's first 8 bytes
+            "names": ["prefix", "id", "offset", "length", "raw", "type", "comp"],
+            "formats": [">u8", "V32", "<u4", "<u4", "<u4", "u1", "u1"],
+            "offsets": [0, 0, 32, 36, 40, 44, 45],
+            "itemsize": RECORD_SIZE,
+        })
+    return np
 
 
 class BlobLocation(NamedTuple):
@@ -88,25 +100,25 @@ def decode_index_file(key: MasterKey, raw: bytes, name: str) -> dict:
 
 
 class MasterIndex:
-    def __init__(self) -> None:
+    def __init__(self, expected_blobs: int = 0) -> None:
+        """``expected_blobs``: how many records the index files about to be added hold; a
+        large index goes straight into arrays (a detour through the dict fragments memory)."""
+        self._small = expected_blobs <= _SMALL
         self._pack_ids: list[bytes] = []
         self._pack_no: dict[bytes, int] = {}
         self._n = 0
-        self._prefix = np.zeros(0, dtype=np.uint64)
+        # Empty stand-ins with the arrays' buffer formats until the first compact().
+        self._prefix = array("Q")
         self._prefix_view = memoryview(self._prefix)
         self._ids = b""
-        self._pack = np.zeros(0, dtype=np.uint32)
-        self._offset = np.zeros(0, dtype=np.uint32)
-        self._length = np.zeros(0, dtype=np.uint32)
-        self._raw = np.zeros(0, dtype=np.uint32)
-        self._type = np.zeros(0, dtype=np.uint8)
-        self._comp = np.zeros(0, dtype=np.uint8)
-        self._shift = 48
-        self._table_arr = np.zeros(65537, dtype=np.int64)
+        self._pack, self._offset, self._length, self._raw = (array("I") for _ in range(4))
+        self._type, self._comp = array("B"), array("B")
+        self._shift = 63
+        self._table_arr = array("q", [0, 0, 0])
         self._table = memoryview(self._table_arr)
         self._cols = self._column_views()
         # Arrays of records not yet sorted in (from loaded index files), and single new blobs.
-        self._staged: list[tuple[np.ndarray, np.ndarray]] = []
+        self._staged: list[tuple] = []  # (record array, pack number array)
         self._pending: dict[bytes, list[BlobLocation]] = {}
         self._pending_count = 0
 
@@ -124,7 +136,23 @@ class MasterIndex:
         return no
 
     def add_pack_records(self, pack_id: bytes, records: bytes) -> None:
-        """Stage a pack's raw records (from an index file); ``compact()`` sorts them in."""
+        """Add a pack's raw records (from an index file): into the dict while the index is
+        small, else staged as an array that ``compact()`` sorts in."""
+        count = len(records) // RECORD_SIZE
+        if self._small and not self._n and not self._staged and \
+                self._pending_count + count <= _SMALL:
+            self._pack_number(pack_id)
+            pending = self._pending
+            for bid, off, length, raw, typ, comp, _ in RECORD.iter_unpack(records):
+                loc = BlobLocation(pack_id, off, length, raw, typ, comp)
+                locs = pending.get(bid)
+                if locs is None:
+                    pending[bid] = [loc]
+                else:
+                    locs.append(loc)
+            self._pending_count += count
+            return
+        np = _numpy()
         arr = np.frombuffer(records, dtype=_RECORD_DTYPE)
         packs = np.full(len(arr), self._pack_number(pack_id), dtype=np.uint32)
         self._staged.append((arr, packs))
@@ -141,6 +169,7 @@ class MasterIndex:
         """Sort staged and pending blobs into the arrays."""
         if not self._staged and not self._pending:
             return
+        np = _numpy()
         parts = list(self._staged)
         if self._pending:
             recs, packs = [], []
@@ -152,13 +181,14 @@ class MasterIndex:
                           np.array(packs, dtype=np.uint32)))
         new = np.concatenate([p[0] for p in parts]) if parts else None
         new_packs = np.concatenate([p[1] for p in parts])
-        prefix = np.concatenate([self._prefix, new["prefix"].astype(np.uint64)])
+        prefix = np.concatenate([np.asarray(self._prefix, dtype=np.uint64),
+                                 new["prefix"].astype(np.uint64)])
         order = np.argsort(prefix, kind="stable")
         old_ids = np.frombuffer(self._ids, dtype="V32")
         ids = np.concatenate([old_ids, new["id"]])[order]
 
-        def merged(old: np.ndarray, add: np.ndarray, dtype) -> np.ndarray:
-            return np.concatenate([old, add.astype(dtype)])[order]
+        def merged(old, add, dtype):
+            return np.concatenate([np.asarray(old, dtype=dtype), add.astype(dtype)])[order]
 
         self._pack = merged(self._pack, new_packs, np.uint32)
         self._offset = merged(self._offset, new["offset"], np.uint32)
@@ -186,7 +216,7 @@ class MasterIndex:
         """Fold new blobs into the arrays once they are many: a dict entry costs ~220 bytes,
         an array row 58. The threshold grows with the index, so the sorting work over a
         session stays O(n log n) in total."""
-        if self._pending_count > max(100_000, self._n // 2):
+        if self._staged or self._pending_count > max(_SMALL, self._n // 2):
             self.compact()
 
     # -- lookups
@@ -262,4 +292,4 @@ class MasterIndex:
     def memory_bytes(self) -> int:
         arrays = (self._prefix, self._pack, self._offset, self._length, self._raw, self._type,
                   self._comp)
-        return sum(a.nbytes for a in arrays) + len(self._ids) + self._table_arr.nbytes
+        return sum(memoryview(a).nbytes for a in arrays) + len(self._ids) + memoryview(self._table_arr).nbytes

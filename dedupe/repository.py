@@ -27,7 +27,7 @@ from .errors import (
     SnapshotNotFound, UnsupportedVersion, WrongPassword,
 )
 from .index import MasterIndex, decode_index_file, encode_index_file
-from .packs import BLOB_TREE, BlobCodec, BlobEntry
+from .packs import BLOB_TREE, RECORD_SIZE, BlobCodec, BlobEntry
 from .snapshot import Snapshot
 
 
@@ -295,7 +295,9 @@ class Repository:
             self.cache.prune_namespace("index", set(names))
         self._index_listed = {name.split("/", 1)[1] for name in names}
         superseded = {s.hex() for _, body in files for s in body["supersedes"]}
-        index = MasterIndex()
+        index = MasterIndex(expected_blobs=sum(
+            len(records) // RECORD_SIZE for name, body in files
+            if name.split("/", 1)[1] not in superseded for _, records in body["packs"]))
         for name, body in files:
             iid = name.split("/", 1)[1]
             if iid in superseded:
@@ -303,7 +305,7 @@ class Repository:
             self._index_ids.add(iid)
             for pack_id, records in body["packs"]:
                 index.add_pack_records(pack_id, records)
-        index.compact()
+        index.maybe_compact()  # small repositories stay in a dict (no numpy import)
         return index
 
     def write_index(self, packs: Iterable[tuple[bytes, list[BlobEntry]]],
