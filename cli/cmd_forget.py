@@ -7,10 +7,11 @@ import click
 from rich.table import Table
 
 from dedupe.forget import KeepPolicy, groups_removing_all, parse_count, parse_duration, plan_forget
-from dedupe.snapgroups import filter_snapshots, parse_group_by, parse_tag_list
+from dedupe.snapgroups import parse_group_by, parse_tag_list
 
 from .app import App, UsageError, pass_app
 from .cmd_prune import prune_options, run_prune
+from .selection import make_filter
 
 _COUNTS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 _WITHIN = ("within", "within_hourly", "within_daily", "within_weekly", "within_monthly",
@@ -89,9 +90,7 @@ def command(app: App, snapshot_ids, last, hourly, daily, weekly, monthly, yearly
             for s in remove:
                 app.info(f"{'would remove' if dry_run else 'removing'} snapshot {s.short_id}")
     else:
-        snaps = filter_snapshots(all_snaps, hosts=hosts,
-                                 tag_lists=[parse_tag_list(t) for t in tags],
-                                 paths=list(paths))
+        snaps = make_filter(hosts, tags, paths).apply(all_snaps)
         plans = plan_forget(snaps, policy, group_by=grouping)
         refused = groups_removing_all(plans)
         if refused and not unsafe_allow_remove_all:

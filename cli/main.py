@@ -145,7 +145,9 @@ def main(argv: list[str] | None = None) -> None:
                    err=True)
         code = EXIT_ERROR
     except Exception as exc:  # a bug: still one line, the traceback only when asked (-vv)
-        if "-vv" in (argv or sys.argv):
+        words = argv if argv is not None else sys.argv[1:]
+        vs = sum(w.count("v") for w in words if w.startswith("-v") and set(w[1:]) == {"v"})
+        if vs + words.count("--verbose") >= 2:  # -vv, -v -v, --verbose --verbose
             traceback.print_exc()
         click.echo(f"snap: internal error: {type(exc).__name__}: {exc} (run with -vv for details)",
                    err=True)

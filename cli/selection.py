@@ -7,6 +7,7 @@ from typing import Callable
 
 import click
 
+from dedupe.snapgroups import parse_tag_list
 from dedupe.snapshot import SnapshotFilter
 
 
@@ -23,7 +24,7 @@ def filter_options(f: Callable) -> Callable:
 def make_filter(hosts, tags, paths) -> SnapshotFilter:
     return SnapshotFilter(
         hosts=list(hosts),
-        tags=[[t for t in group.split(",") if t] for group in tags],
+        tags=[list(parse_tag_list(group)) for group in tags],
         paths=[os.path.normpath(os.path.abspath(p)) for p in paths],
     )
 

@@ -4,10 +4,10 @@ The producer reads one file at a time. On a cold page cache that serialises ever
 lookup and every file read behind Python's work. When the producer lists a directory it tells
 the prefetcher what comes next: the files it will have to read (changed or new: their size,
 mtime, ctime or inode differ from the parent snapshot) get ``posix_fadvise(WILLNEED)``, which
-starts asynchronous reads, and each subdirectory is listed and its entries stat'ed, which
-loads their inodes. Only one level ahead is queued, so the prefetcher cannot run away with the
-whole tree or evict what the producer is about to use. Everything here is a hint: errors are
-ignored and results are not used.
+starts asynchronous reads. Only one directory ahead is queued, so the prefetcher cannot run
+away with the whole tree or evict what the producer is about to use. Everything here is a
+hint: errors are ignored. (Stat'ing subdirectories ahead was measured too: on an unchanged
+tree the duplicate work and GIL contention made a cold re-backup ~30% slower.)
 """
 
 from __future__ import annotations
@@ -41,18 +41,6 @@ def _hint_file(path: bytes, size: int) -> None:
         os.close(fd)
 
 
-def _stat_dir(path: bytes) -> None:
-    try:
-        with os.scandir(path) as it:
-            for entry in it:
-                try:
-                    entry.stat(follow_symlinks=False)
-                except OSError:
-                    pass
-    except OSError:
-        pass
-
-
 class Prefetcher:
     def __init__(self, threads: int = 2) -> None:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="snap-prefetch") \
@@ -64,9 +52,7 @@ class Prefetcher:
             return
         for entry, st in entries:
             mode = st.st_mode
-            if stat.S_ISDIR(mode):
-                self._pool.submit(_stat_dir, entry.path)
-            elif stat.S_ISREG(mode) and st.st_size and \
+            if stat.S_ISREG(mode) and st.st_size and \
                     _might_read(st, prev_nodes.get(entry.name), force):
                 self._pool.submit(_hint_file, entry.path, st.st_size)
 

@@ -10,6 +10,7 @@ import msgpack
 
 from .crypto import AAD_SNAPSHOT, MasterKey
 from .errors import IntegrityError, UnsupportedVersion
+from .snapgroups import has_tags
 
 SNAPSHOT_VERSION = 1
 
@@ -107,8 +108,9 @@ class Snapshot:
 
 @dataclass
 class SnapshotFilter:
-    """restic's selection rules: any of ``hosts``; every path of ``paths``; for ``tags``, a
-    snapshot matches when it has all tags of at least one of the tag sets."""
+    """restic's selection rules, shared by every command (forget included): any of
+    ``hosts``; every path of ``paths``; for ``tags``, a snapshot matches when it has all tags
+    of at least one of the tag sets, where the tag "" means "has no tags"."""
 
     hosts: list[str] = field(default_factory=list)
     tags: list[list[str]] = field(default_factory=list)
@@ -119,7 +121,7 @@ class SnapshotFilter:
             return False
         if self.paths and not set(self.paths) <= set(snap.paths):
             return False
-        if self.tags and not any(set(ts) <= set(snap.tags) for ts in self.tags):
+        if self.tags and not any(has_tags(snap.tags, ts) for ts in self.tags):
             return False
         return True
 
