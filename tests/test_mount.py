@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import selected_backend_kinds
+
 from dedupe.archiver import Archiver, BackupOptions
 from dedupe.backends import open_backend
 from dedupe.backends.base import pack_name
@@ -258,9 +260,9 @@ def test_mount_local(mounted, local_repo, tmp_path):
     check_metadata(mounted.mnt, local_repo)
 
 
+@pytest.mark.parametrize("backend_kind", [k for k in selected_backend_kinds() if k != "local"])
 def test_mount_s3(s3_server, repo_location, tmp_path):
-    if s3_server is None:
-        pytest.skip("the local backend is covered by test_mount_local")
+    assert s3_server is not None  # the local backend is covered by test_mount_local
     info = build_repo(repo_location.url, tmp_path)
     m = Mount(repo_location.url, tmp_path / "mnt", info["cache"])
     try:
