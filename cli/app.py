@@ -96,6 +96,11 @@ class App:
         return pw
 
     # ------------------------------------------------------------------ repository
+    @property
+    def is_remote(self) -> bool:
+        """An S3 repository (requests cost latency and money) rather than a local one."""
+        return bool(self.repo_url) and self.repo_url.startswith("s3:")
+
     def backend(self) -> Backend:
         if self._backend is None:
             if not self.repo_url:

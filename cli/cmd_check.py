@@ -114,8 +114,8 @@ def _summary(app: App, r: CheckResult) -> None:
               help="Verify only some packs: n/t (group n of t), x% (random), SIZE such as "
                    "500M (random, up to SIZE) or stale:x% (those verified longest ago).")
 @click.option("--no-lock", is_flag=True, help="Do not lock the repository (read-only access).")
-@click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True,
-              help="Packs read concurrently.")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Packs read concurrently (default 4; S3: --s3-connections).")
 @pass_app
 def command(app: App, read_data, subset, no_lock, workers) -> int:
     """Check the repository: snapshots, index, trees and packs; with --read-data or
@@ -124,6 +124,8 @@ def command(app: App, read_data, subset, no_lock, workers) -> int:
     spec = parse_subset(subset) if subset else None
     repo = app.open_repo()
     progress = CheckProgress()
+    if workers is None:
+        workers = app.backend_options.get("connections", 8) if app.is_remote else 4
     opts = CheckOptions(read_data=read_data, subset=spec, workers=workers, lock=not no_lock)
     # Findings are printed at the end, once the paths depending on each are known.
     checker = Checker(repo, opts, progress=progress)

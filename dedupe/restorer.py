@@ -32,7 +32,6 @@ from .walker import find_node, walk
 
 OVERWRITE_MODES = ("always", "if-changed", "if-newer", "never")
 _COALESCE_GAP = 256 * 1024
-_MAX_READ = 8 * 1024 * 1024  # one coalesced read at most: bounds memory per worker
 _ZERO_BLOCK = bytes(1024 * 1024)
 
 
@@ -50,6 +49,9 @@ class RestoreOptions:
     verify: bool = False
     owners: bool | None = None  # None: restore ownership only when running as root
     workers: int = 4
+    # Largest coalesced read: bounds memory per worker. Remote stores want it large (each
+    # request costs money and latency), local disks small (memory matters more).
+    max_read: int = 8 * 1024 * 1024
 
 
 @dataclass
@@ -291,7 +293,7 @@ class Restorer:
                 last = self._locs[groups[-1][-1]]
                 first = self._locs[groups[-1][0]]
                 if (loc.offset - (last.offset + last.length) <= _COALESCE_GAP
-                        and loc.offset + loc.length - first.offset <= _MAX_READ):
+                        and loc.offset + loc.length - first.offset <= self.opts.max_read):
                     groups[-1].append(bid)
                     continue
             groups.append([bid])
