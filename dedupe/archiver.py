@@ -212,12 +212,16 @@ class Archiver:
             content: list = []
             total = 0
             with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
+                # At most the size stat saw: a file appended to faster than we read it must
+                # not keep the backup going (the mtime check below still warns). Pseudo-files
+                # (/proc, /sys) report size 0 and are read to their end.
                 if st.st_size <= self.small:
-                    data = f.read()
-                    rest = f.read()  # grew while we read it: keep what is there, consistently
-                    while rest:
-                        data += rest
-                        rest = f.read()
+                    data = f.read(st.st_size or -1)
+                    while 0 < len(data) < st.st_size:  # a short read (network file systems)
+                        more = f.read(st.st_size - len(data))
+                        if not more:
+                            break
+                        data += more
                     if len(data) > self.small:
                         content, total = self._chunk_stream(f, data)
                     elif data:
@@ -226,7 +230,7 @@ class Archiver:
                 elif st.st_blocks * 512 < st.st_size:
                     content, total = self._chunk_sparse(fd, f)
                 else:
-                    content, total = self._chunk_stream(f)
+                    content, total = self._chunk_stream(_Limited(f, st.st_size))
             after = os.fstat(fd)
         finally:
             os.close(fd)
