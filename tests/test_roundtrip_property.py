@@ -494,3 +494,55 @@ def test_file_contents_at_chunk_boundaries(files, sparse, force):
         check_restore(scratch, snap, expected, set(), blocks, sparse=sparse)
     finally:
         scratch.close()
+
+
+def test_file_growing_while_read_gives_a_warning_and_a_consistent_snapshot():
+    """A file appended to while the backup reads it: a warning names it, and the snapshot
+    holds a state the file really had (a prefix of what it became), whole and checkable.
+    A writer thread appends from before the backup starts until it is over (or 256 MiB), so
+    the change overlaps the read of the 40 MB file (each append releases the GIL, as does
+    every read). Before the archiver read at most the size stat saw, a writer faster than
+    the reader kept this backup going until the disk was full."""
+    import threading
+
+    from dedupe.checker import CheckOptions, Checker
+    from dedupe.walker import find_node
+
+    scratch = Scratch()
+    try:
+        path = os.path.join(scratch.src, b"growing.log")
+        with open(path, "wb") as f:
+            f.write(random.Random(1).randbytes(40 << 20))
+        done = threading.Event()
+        started = threading.Event()
+
+        def append() -> None:  # capped: disk use stays bounded whatever the archiver does
+            rng = random.Random(2)
+            with open(path, "ab", buffering=0) as f:
+                for _ in range((256 << 20) // 4096):
+                    f.write(rng.randbytes(4096))
+                    started.set()
+                    if done.is_set():
+                        break
+
+        writer = threading.Thread(target=append)
+        writer.start()
+        started.wait()
+        try:
+            result = Archiver(scratch.repo).backup([os.fsdecode(scratch.src)])
+        finally:
+            done.set()
+            writer.join()
+        assert result.snapshot is not None
+        assert any(os.fsdecode(path) in w and "changed" in w for w in result.warnings), result.warnings
+
+        node = find_node(scratch.repo, result.snapshot.tree, path)
+        out = scratch.restore(result.snapshot, sparse=False)
+        restored = _read(os.path.join(out, b"growing.log"))
+        assert len(restored) == node["size"] >= 40 << 20
+        assert _read(path)[:len(restored)] == restored
+        check = Checker(Repository.open(LocalBackend(scratch.repo_dir), PW, no_cache=True),
+                        CheckOptions(read_data=True)).run()
+        assert check.ok, check.findings
+    finally:
+        scratch.close()
