@@ -507,6 +507,9 @@ class _Limited:
     def __init__(self, f: BinaryIO, limit: int) -> None:
         self.f, self.left = f, limit
 
+    def fileno(self) -> int:  # lets the chunker ask the kernel to read ahead
+        return self.f.fileno()
+
     def readinto(self, buf) -> int:
         if self.left <= 0:
             return 0
