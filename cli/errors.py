@@ -14,7 +14,7 @@ EXIT_INTERRUPTED = 130
 
 
 def exit_code_for(exc: BaseException) -> int:
-    if isinstance(exc, e.NoRepository):
+    if isinstance(exc, (e.NoRepository, e.MissingBucket)):
         return EXIT_NO_REPOSITORY
     if isinstance(exc, e.WrongPassword):
         return EXIT_WRONG_PASSWORD

@@ -42,6 +42,10 @@ class BackendConfigError(BackendError):
     """The repository location is malformed or names something that cannot be used."""
 
 
+class MissingBucket(BackendConfigError):
+    """The S3 bucket of the location does not exist: there is no repository there."""
+
+
 # --- repository --------------------------------------------------------------------------
 
 

@@ -718,3 +718,19 @@ def test_fault_rate_from_environment(backend, monkeypatch):
         wrap_backend(backend)
     monkeypatch.delenv("SNAP_FAULT_RATE")
     assert wrap_backend(backend).stat("config").size == 1
+
+
+@s3_only
+def test_cli_missing_bucket_is_no_repository(repo_location):
+    """A bucket that does not exist holds no repository: exit 10 and one line, like restic."""
+    import subprocess
+    import sys
+
+    server = repo_location.server
+    env = dict(os.environ, **server.env(), SNAP_PASSWORD="pw")
+    url = f"s3:{server.endpoint}/snap-no-such-bucket-{os.getpid()}/x"
+    proc = subprocess.run([sys.executable, "-m", "cli", "-r", url, "snapshots"], env=env,
+                          capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 10, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "does not exist" in proc.stderr

@@ -24,6 +24,7 @@ from ..errors import (
     AlreadyExists,
     BackendConfigError,
     BackendError,
+    MissingBucket,
     NotFound,
     PermissionDenied,
     TransientError,
@@ -84,9 +85,9 @@ class ErrorMapper:
             return f"bucket {self.bucket!r}"
         return f"s3:{self.bucket}/{self.base}{name}"
 
-    def bucket_missing(self) -> BackendConfigError:
+    def bucket_missing(self) -> MissingBucket:
         at = f" at {self.endpoint}" if self.endpoint else ""
-        return BackendConfigError(
+        return MissingBucket(
             f"bucket {self.bucket!r} does not exist{at}: create the repository with 'snap init' "
             f"(it creates the bucket), or check the bucket name, the region (AWS_REGION) and the "
             f"endpoint")
