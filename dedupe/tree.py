@@ -24,6 +24,7 @@ Node keys (see docs/format.md for types):
 
 from __future__ import annotations
 
+import functools
 import grp
 import os
 import pwd
@@ -44,30 +45,21 @@ _TYPES = {
     stat.S_IFCHR: "chardev", stat.S_IFBLK: "blockdev", stat.S_IFSOCK: "socket",
 }
 
-_users: dict[int, str] = {}
-_groups: dict[int, str] = {}
-
-
+@functools.cache
 def user_name(uid: int) -> str:
-    name = _users.get(uid)
-    if name is None:
-        try:
-            name = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            name = ""
-        _users[uid] = name
-    return name
+    """Owner name at backup time ("" if unknown); cached, since it is asked once per file."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""
 
 
+@functools.cache
 def group_name(gid: int) -> str:
-    name = _groups.get(gid)
-    if name is None:
-        try:
-            name = grp.getgrgid(gid).gr_name
-        except KeyError:
-            name = ""
-        _groups[gid] = name
-    return name
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return ""
 
 
 def node_type(st_mode: int) -> str | None:
