@@ -107,12 +107,16 @@ def _on_sigterm(signum, frame) -> None:
 
 def tune_malloc() -> None:
     """Keep glibc from raising its mmap threshold after large frees: otherwise every freed
-    chunk buffer stays in a per-thread arena and peak memory grows by tens of MiB."""
+    chunk buffer stays in a per-thread arena and peak memory grows by tens of MiB. One arena
+    for all threads: blobs are allocated by one thread and freed by another, and with an
+    arena per thread the small ones fragment several heaps (a cold 2 GB backup measured
+    ~5% faster and no larger with one)."""
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-8, 1)  # M_ARENA_MAX
     except (OSError, AttributeError):
         pass  # not glibc: nothing to tune
 

@@ -1,7 +1,8 @@
 """Backup: walk source paths, store new file content and trees, write a snapshot.
 
-One producer thread (the caller's) walks the tree, reads and chunks files and hashes chunks;
-new blobs go to ``BlobSaver``, whose threads compress, encrypt and upload them. Trees are built
+The caller's thread walks the tree; files that must be read are queued to ``FileSaver``,
+whose threads read, chunk and hash them; new blobs go to ``BlobSaver``, whose threads
+compress, encrypt and upload them. A directory's tree is written once its files are back. Trees are built
 bottom-up as each directory completes, so memory holds only the directories on the current
 path. A file whose size, mtime, ctime and inode equal its entry in the parent snapshot (and
 whose blobs are all still indexed) is not read again.
@@ -15,13 +16,14 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, BinaryIO, Callable, Protocol
 
-from .chunker import Chunker
 from .errors import Interrupted, SourceError
+from .filesaver import DirReads, FileSaver, Pending
 from .locks import SHARED, Lock
 from .prefetch import Prefetcher
 from .packs import BLOB_DATA, BLOB_TREE
@@ -30,7 +32,6 @@ from .snapshot import Snapshot
 from .tree import Node, decode_tree, encode_tree, file_blobs, node_from_stat, node_type, read_xattrs
 
 CACHEDIR_TAG = (b"CACHEDIR.TAG", b"Signature: 8a477f597d28d172789f06886806bc55")
-_O_NOATIME = getattr(os, "O_NOATIME", 0)
 
 
 class PathMatcher(Protocol):
@@ -54,6 +55,7 @@ class BackupOptions:
     parent: Snapshot | None = None  # None: the latest with the same host and paths
     no_parent: bool = False
     lock_wait: float = 600.0  # seconds to wait while a prune holds the exclusive lock
+    read_concurrency: int = 2  # threads reading files (restic's --read-concurrency)
 
 
 @dataclass
@@ -100,13 +102,14 @@ class Archiver:
         self._on_warning = on_warning
         self._cancelled = cancelled or (lambda: False)
         cfg = repo.config
-        self.chunker = Chunker(cfg.chunk_min, cfg.chunk_avg, cfg.chunk_max)
-        self.small = cfg.chunk_min
+        self._files = FileSaver(self._save, cfg.chunk_min, cfg.chunk_avg, cfg.chunk_max,
+                                workers=self.opts.read_concurrency, cancelled=self._cancelled)
         self.key = repo.key
         self.index = repo.index
         self.warnings: list[str] = []
-        self._hardlinks: dict[tuple[int, int], list] = {}
+        self._hardlinks: dict[tuple[int, int], list | Pending] = {}  # [content, size] once read
         self._dry_seen: set[tuple[int, bytes]] = set()
+        self._count_lock = threading.Lock()  # _save runs on the reader threads too
         self._saver = None
         self._added = {"data_blobs": 0, "tree_blobs": 0}
         self._root_devs: set[int] = set()
@@ -120,13 +123,16 @@ class Archiver:
 
     def _save(self, blob_type: int, data: bytes | memoryview, blob_id: bytes | None = None) -> bytes:
         bid = blob_id or self.key.blob_id(data)
+        kind = "data_blobs" if blob_type == BLOB_DATA else "tree_blobs"
         if self.opts.dry_run:
             key = (blob_type, bid)
-            if key not in self._dry_seen and not self.index.has(bid, blob_type):
-                self._dry_seen.add(key)
-                self._added["data_blobs" if blob_type == BLOB_DATA else "tree_blobs"] += 1
+            with self._count_lock:
+                if key not in self._dry_seen and not self.index.has(bid, blob_type):
+                    self._dry_seen.add(key)
+                    self._added[kind] += 1
         elif self._saver.save(blob_type, bid, data):
-            self._added["data_blobs" if blob_type == BLOB_DATA else "tree_blobs"] += 1
+            with self._count_lock:
+                self._added[kind] += 1
         return bid
 
     def _excluded(self, path: bytes, st: os.stat_result | None) -> bool:
@@ -172,114 +178,59 @@ class Archiver:
             return False
         return all(self.index.has(b, BLOB_DATA) for b in file_blobs(prev))
 
-    def _file(self, path: bytes, st: os.stat_result, node: Node, prev: Node | None) -> bool:
-        """Fill ``node['content']``. Returns False if the file could not be read."""
+    def _file(self, path: bytes, st: os.stat_result, node: Node, prev: Node | None,
+              reads: DirReads) -> None:
+        """Fill ``node['content']`` now (unchanged file, known hard link) or queue the file
+        for the readers; ``_finish_reads`` completes the node."""
         p = self.progress
         if self._unchanged(node, prev):
             node["content"] = prev["content"]
             p.files_unmodified += 1
             p.bytes_done += st.st_size
-            return True
-        link_key = (st.st_dev, st.st_ino)
-        if st.st_nlink > 1 and link_key in self._hardlinks:
-            node["content"], node["size"] = self._hardlinks[link_key]
+            p.files_done += 1
+            return
+        key = (st.st_dev, st.st_ino)
+        link = self._hardlinks.get(key) if st.st_nlink > 1 else None
+        if isinstance(link, list):  # a hard link to a file already read
+            node["content"], node["size"] = link
+            p.files_new += prev is None
+            p.files_changed += prev is not None
+            p.files_done += 1
+        elif link is not None:  # ... to a file still being read: share its result
+            reads.add(path, st, node, (prev is None, True), same_as=link)
         else:
-            try:
-                self._read_file(path, st, node)
-            except OSError as exc:
-                self._warn(f"{_fs(path)}: cannot read: {exc.strerror or exc}")
-                return False
+            pending = reads.add(path, st, node, (prev is None, False))
             if st.st_nlink > 1:
-                self._hardlinks[link_key] = [node["content"], node["size"]]
-        if prev is None:
-            p.files_new += 1
-        else:
-            p.files_changed += 1
-        return True
+                self._hardlinks[key] = pending
 
-    def _open(self, path: bytes) -> int:
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            return os.open(path, flags | _O_NOATIME)
-        except PermissionError:
-            if not _O_NOATIME:
-                raise
-            return os.open(path, flags)  # O_NOATIME needs ownership; read anyway
-
-    def _read_file(self, path: bytes, st: os.stat_result, node: Node) -> None:
-        fd = self._open(path)
-        try:
-            content: list = []
-            total = 0
-            with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
-                # At most the size stat saw: a file appended to faster than we read it must
-                # not keep the backup going (the mtime check below still warns). Pseudo-files
-                # (/proc, /sys) report size 0 and are read to their end.
-                if st.st_size <= self.small:
-                    data = f.read(st.st_size or -1)
-                    while 0 < len(data) < st.st_size:  # a short read (network file systems)
-                        more = f.read(st.st_size - len(data))
-                        if not more:
-                            break
-                        data += more
-                    if len(data) > self.small:
-                        content, total = self._chunk_stream(f, data)
-                    elif data:
-                        content.append(self._save(BLOB_DATA, data))
-                        total = len(data)
-                elif st.st_blocks * 512 < st.st_size:
-                    content, total = self._chunk_sparse(fd, f)
-                else:
-                    content, total = self._chunk_stream(_Limited(f, st.st_size))
-            after = os.fstat(fd)
-        finally:
-            os.close(fd)
-        self.progress.bytes_read += total
-        self.progress.bytes_done += total
-        if total != st.st_size or after.st_mtime_ns != st.st_mtime_ns:
-            self._warn(f"{_fs(path)}: file changed while it was read")
-        node["size"] = total
-        node["content"] = content
-
-    def _chunk_stream(self, f: BinaryIO, first: bytes = b"") -> tuple[list, int]:
-        content = []
-        total = 0
-        for chunk in self.chunker.chunks(f, first):
-            content.append(self._save(BLOB_DATA, chunk))
-            total += len(chunk)
-            if self._cancelled():
-                raise Interrupted("backup interrupted")
-        return content, total
-
-    def _chunk_sparse(self, fd: int, f: BinaryIO) -> tuple[list, int]:
-        """Chunk the data regions the OS reports; record holes as zero-byte runs."""
-        content: list = []
-        total = 0
-        end = os.fstat(fd).st_size
-        pos = 0
-        while pos < end:
-            try:
-                data_start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:  # ENXIO: only a hole remains
-                data_start = end
-            if data_start > pos:
-                content.append(data_start - pos)
-                total += data_start - pos
-            if data_start >= end:
-                break
-            hole = os.lseek(fd, data_start, os.SEEK_HOLE)
-            f.seek(data_start)
-            part, n = self._chunk_stream(_Limited(f, hole - data_start))
-            content.extend(part)
-            total += n
-            pos = data_start + n
-            if n < hole - data_start:
-                break  # truncated while reading
-        return content, total
+    def _finish_reads(self, reads: DirReads, nodes: list[Node]) -> list[Node]:
+        """Wait for the directory's queued files; drop the nodes of unreadable ones."""
+        p = self.progress
+        dropped = []
+        for path, st, node, (is_new, linked), res in reads.results():
+            if isinstance(res, OSError):
+                self._warn(f"{_fs(path)}: cannot read: {res.strerror or res}")
+                dropped.append(id(node))
+                continue
+            node["size"], node["content"] = res.size, res.content
+            if not linked:
+                if res.changed:
+                    self._warn(f"{_fs(path)}: file changed while it was read")
+                if st.st_nlink > 1:
+                    self._hardlinks[(st.st_dev, st.st_ino)] = [res.content, res.size]
+                p.bytes_read += res.size
+                p.bytes_done += res.size
+            p.files_new += is_new
+            p.files_changed += not is_new
+            p.files_done += 1
+        if dropped:
+            gone = set(dropped)
+            nodes = [n for n in nodes if id(n) not in gone]
+        return nodes
 
     # ------------------------------------------------------------------ directories
     def _entry(self, path: bytes, name: bytes, st: os.stat_result, prev: Node | None,
-               parent_dev: int) -> Node | None:
+               parent_dev: int, reads: DirReads) -> Node | None:
         ntype = node_type(st.st_mode)
         if ntype is None:
             return None
@@ -292,9 +243,7 @@ class Archiver:
                 subtree = self._dir(path, prev.get("subtree") if prev and prev.get("type") == "dir" else None)
             node["subtree"] = subtree
         elif ntype == "file":
-            if not self._file(path, st, node, prev):
-                return None
-            self.progress.files_done += 1
+            self._file(path, st, node, prev, reads)
         elif ntype == "symlink":
             try:
                 node["target"] = os.readlink(path)
@@ -337,12 +286,16 @@ class Archiver:
                 continue
             chosen.append((entry, st))
         self._prefetch.ahead(chosen, prev_nodes, self.opts.force)
+        reads = DirReads(self._files)
         for entry, st in chosen:
             if dev is None:
                 dev = os.lstat(path).st_dev if self.opts.one_file_system else 0
-            node = self._entry(entry.path, entry.name, st, prev_nodes.get(entry.name), dev)
+            if stat.S_ISDIR(st.st_mode):
+                reads.flush()  # the readers work on this directory's files meanwhile
+            node = self._entry(entry.path, entry.name, st, prev_nodes.get(entry.name), dev, reads)
             if node is not None:
                 nodes.append(node)
+        nodes = self._finish_reads(reads, nodes)
         tree_id = self._save(BLOB_TREE, encode_tree(nodes))
         p = self.progress
         p.dirs_done += 1
@@ -358,6 +311,7 @@ class Archiver:
         """A directory on the way to a source path: holds only the chosen children."""
         prev_nodes = self._load_parent_tree(prev_tree)
         nodes = []
+        reads = DirReads(self._files)
         for name in sorted(children):
             path = prefix + b"/" + name if prefix != b"/" else b"/" + name
             try:
@@ -367,24 +321,28 @@ class Archiver:
                 continue
             prev = prev_nodes.get(name)
             sub = children[name]
+            reads.flush()  # (a few entries: no batching needed)
             if sub is None:  # a source path itself
                 self._root_devs.add(st.st_dev)
-                node = self._entry(path, name, st, prev, st.st_dev)
+                node = self._entry(path, name, st, prev, st.st_dev, reads)
             else:
                 node = node_from_stat(name, st, "dir")
                 prev_sub = prev.get("subtree") if prev and prev.get("type") == "dir" else None
                 node["subtree"] = self._virtual_dir(path, sub, prev_sub)
             if node is not None:
                 nodes.append(node)
-        return self._save(BLOB_TREE, encode_tree(nodes))
+        return self._save(BLOB_TREE, encode_tree(self._finish_reads(reads, nodes)))
 
     # ------------------------------------------------------------------ entry points
     def _run(self, build_root: Callable[[bytes | None], bytes], paths: list[str],
              parent: Snapshot | None, extra_summary: dict | None = None) -> BackupResult:
         started = datetime.now().astimezone()
         t0 = time.monotonic()
-        with Prefetcher() as self._prefetch:
-            return self._run_locked(build_root, paths, parent, started, t0, extra_summary)
+        try:
+            with Prefetcher() as self._prefetch:
+                return self._run_locked(build_root, paths, parent, started, t0, extra_summary)
+        finally:
+            self._files.close()
 
     def _run_locked(self, build_root, paths, parent, started, t0, extra_summary) -> BackupResult:
         if self.opts.dry_run:
@@ -487,7 +445,7 @@ class Archiver:
 
         def build(_prev: bytes | None) -> bytes:
             now = time.time_ns()
-            content, total = self._chunk_stream(stream)
+            content, total = self._files.chunk_stream(stream)
             if finished is not None:
                 finished()
             self.progress.bytes_read = self.progress.bytes_done = total
@@ -500,20 +458,3 @@ class Archiver:
 
         return self._run(build, ["/" + os.fsdecode(name)], None)
 
-
-class _Limited:
-    """A read-only view of the next ``limit`` bytes of a raw file."""
-
-    def __init__(self, f: BinaryIO, limit: int) -> None:
-        self.f, self.left = f, limit
-
-    def fileno(self) -> int:  # lets the chunker ask the kernel to read ahead
-        return self.f.fileno()
-
-    def readinto(self, buf) -> int:
-        if self.left <= 0:
-            return 0
-        view = memoryview(buf)[:self.left]
-        n = self.f.readinto(view) or 0
-        self.left -= n
-        return n

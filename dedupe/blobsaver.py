@@ -1,6 +1,6 @@
 """Concurrent write path: blob -> compress + encrypt (worker threads) -> pack -> backend -> index.
 
-The caller (the archiver's single producer thread) hands over plaintext blobs with their ids.
+Producers (the archiver's walker and file readers) hand over plaintext blobs with their ids.
 zstd and XChaCha20-Poly1305 release the GIL, so encoding runs on every core while the
 producer reads and chunks the next file. Finished packs are uploaded by a second pool; once a
 pack is durable its blobs join the in-memory index, and every ``index_batch`` packs (and at
@@ -8,8 +8,9 @@ pack is durable its blobs join the in-memory index, and every ``index_batch`` pa
 index before snapshot, is what makes a crash at any instant harmless: a pack no index names is
 garbage for prune, never a dangling reference.
 
-Memory is bounded: at most ``max_encoding`` blobs wait for or undergo encoding, at most
-``max_uploads`` finished packs wait for or undergo upload, plus one open pack per blob type.
+Memory is bounded: at most ``max_encoding`` jobs (one large blob, or a batch of small ones
+up to ``SMALL_BATCH_BYTES``) wait for or undergo encoding, at most ``max_uploads`` finished
+packs wait for or undergo upload, plus one open pack per blob type.
 """
 
 from __future__ import annotations
@@ -22,14 +23,19 @@ from .backends.base import pack_name
 from .packs import BLOB_DATA, BLOB_TREE, BlobCodec, BlobEntry, PackBuilder
 
 
+SMALL_BLOB = 64 * 1024  # blobs below this size are encoded in batches of ...
+SMALL_BATCH = 64  # ... this many blobs
+SMALL_BATCH_BYTES = 1024 * 1024  # ... or this many bytes
+
+
 class BlobSaver:
     def __init__(
         self,
         repo,  # dedupe.repository.Repository (untyped to avoid an import cycle)
         *,
         workers: int = 2,
-        max_encoding: int = 16,
-        max_uploads: int = 3,
+        max_encoding: int = 8,
+        max_uploads: int = 2,
         upload_threads: int = 2,
         index_batch: int = 64,
         on_pack: Callable[[int, int], None] | None = None,
@@ -46,11 +52,14 @@ class BlobSaver:
         self._busy = 0  # encode jobs + uploads not yet finished
         self._builders = {BLOB_DATA: PackBuilder(BLOB_DATA), BLOB_TREE: PackBuilder(BLOB_TREE)}
         self._inflight: set[tuple[int, bytes]] = set()
+        self._small: list = []  # small blobs waiting to be encoded as one batch
+        self._small_bytes = 0
         self._durable: list[tuple[bytes, list[BlobEntry]]] = []
         self._index_lock = threading.Lock()
         self._index_batch = index_batch
         self._error: BaseException | None = None
         self._on_pack = on_pack
+        self._owner = threading.get_ident()
         self.index_files: list[str] = []
         self.stats = {"blobs_added": 0, "bytes_added_raw": 0, "bytes_added_stored": 0,
                       "packs_written": 0}
@@ -64,7 +73,8 @@ class BlobSaver:
              force: bool = False) -> bool:
         """Queue a blob unless the repository has it already. Returns True if it was new.
 
-        ``data`` may be a view of a buffer the caller reuses: it is copied only when new.
+        ``data`` may be a view of a buffer the caller reuses: it is copied only when new
+        (a view of an immutable ``bytes`` object is kept as it is).
         ``force`` stores it even if the index has a copy (prune's repacking moves blobs).
         """
         self._raise_error()
@@ -74,24 +84,32 @@ class BlobSaver:
                 return False
             self._inflight.add(key)
             self._busy += 1
-            # Here, in the producer's thread under the lock the uploaders take to add packs,
-            # nothing else touches the index while it is rebuilt.
-            self.repo.index.maybe_compact()
-        if not isinstance(data, bytes):
-            data = bytes(data)
-        self._encode_slots.acquire()
-        try:
-            self._encode_pool.submit(self._encode, blob_type, blob_id, data)
-        except BaseException:
-            self._encode_slots.release()
-            self._done()
-            raise
+            # Only in the thread that created the saver, under the lock the uploaders and
+            # the other producers take: that thread is the only one reading the index without
+            # the lock (the archiver's unchanged-file test), so nobody sees it half rebuilt.
+            if threading.get_ident() == self._owner:
+                self.repo.index.maybe_compact()
+        if not isinstance(data, bytes) and not (isinstance(data, memoryview)
+                                                and isinstance(data.obj, bytes)):
+            data = bytes(data)  # a view of a buffer the caller will reuse
+        if len(data) < SMALL_BLOB:
+            # Small blobs (trees, small files) travel in batches: one job, one thread
+            # wake-up and one slot for many of them.
+            with self._lock:
+                self._small.append((blob_type, blob_id, data))
+                self._small_bytes += len(data)
+                if len(self._small) < SMALL_BATCH and self._small_bytes < SMALL_BATCH_BYTES:
+                    return True
+                batch, self._small, self._small_bytes = self._small, [], 0
+            self._submit(batch)
+        else:
+            self._submit([(blob_type, blob_id, data)])
         return True
 
     # -- workers
-    def _done(self) -> None:
+    def _done(self, n: int = 1) -> None:
         with self._lock:
-            self._busy -= 1
+            self._busy -= n
             if self._busy == 0:
                 self._idle.notify_all()
 
@@ -100,26 +118,36 @@ class BlobSaver:
             if self._error is None:
                 self._error = exc
 
-    def _encode(self, blob_type: int, blob_id: bytes, data: bytes | memoryview) -> None:
+    def _submit(self, batch: list) -> None:
+        self._encode_slots.acquire()
         try:
-            stored, comp = self.codec.encode(blob_type, blob_id, data)
-            full = None
-            with self._lock:
-                builder = self._builders[blob_type]
-                builder.add(blob_id, stored, len(data), comp)
-                self.stats["blobs_added"] += 1
-                self.stats["bytes_added_raw"] += len(data)
-                self.stats["bytes_added_stored"] += len(stored)
-                if builder.size >= self.pack_size:
-                    full = builder
-                    self._builders[blob_type] = PackBuilder(blob_type)
-            if full is not None:
-                self._ship(full)
+            self._encode_pool.submit(self._encode, batch)
+        except BaseException:
+            self._encode_slots.release()
+            self._done(len(batch))
+            raise
+
+    def _encode(self, batch: list) -> None:
+        try:
+            for blob_type, blob_id, data in batch:
+                stored, comp = self.codec.encode(blob_type, blob_id, data)
+                full = None
+                with self._lock:
+                    builder = self._builders[blob_type]
+                    builder.add(blob_id, stored, len(data), comp)
+                    self.stats["blobs_added"] += 1
+                    self.stats["bytes_added_raw"] += len(data)
+                    self.stats["bytes_added_stored"] += len(stored)
+                    if builder.size >= self.pack_size:
+                        full = builder
+                        self._builders[blob_type] = PackBuilder(blob_type)
+                if full is not None:
+                    self._ship(full)
         except BaseException as exc:  # surfaced to the producer by _raise_error/flush
             self._fail(exc)
         finally:
             self._encode_slots.release()
-            self._done()
+            self._done(len(batch))
 
     def _ship(self, builder: PackBuilder) -> None:
         """Seal the pack and hand it to the upload pool (blocks while too many are queued)."""
@@ -182,6 +210,10 @@ class BlobSaver:
 
     def flush(self) -> None:
         """Write every queued blob, the open packs and their index. Raises the first error."""
+        with self._lock:
+            batch, self._small, self._small_bytes = self._small, [], 0
+        if batch:
+            self._submit(batch)
         self._wait_idle()
         self._raise_error()
         for blob_type in (BLOB_DATA, BLOB_TREE):

@@ -1,0 +1,281 @@
+"""Reading files into blobs for a backup, on a few threads at once.
+
+The archiver's thread walks directories; the reading, chunking and hashing of changed files
+happens here, on ``workers`` threads (restic's ``--read-concurrency``). One thread could not
+keep the encoders busy: while it waits for the disk (open, read on a cold page cache) or
+holds the GIL to cut chunks, nothing else reads. BLAKE3 and ``read`` release the GIL, so two
+readers overlap each other's I/O and hashing.
+
+Small files are read in batches (one job for up to ``BATCH_FILES`` of them in a directory):
+a job costs a queue round trip and a thread wake-up, more than reading a 4 KiB file.
+
+Results come back in the order the files were queued; the archiver places them in the tree
+it is building. Files up to ``WHOLE_FILE_MAX`` are read in one piece and cut in place; larger
+ones stream through one shared chunker window (reused across files; ``save`` copies a chunk
+out of it only when the chunk is new).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO, Callable
+
+from .chunker import Chunker
+from .errors import Interrupted
+from .packs import BLOB_DATA
+
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
+BATCH_FILES = 64  # small files per job
+BATCH_BYTES = 4 * 1024 * 1024  # bytes of small files per job
+WHOLE_FILE_MAX = 2 * 1024 * 1024  # files up to this size are read in one piece
+
+#: stores one data blob (deduplicating) and returns its id; must be thread-safe
+SaveBlob = Callable[[int, "bytes | memoryview"], bytes]
+
+
+@dataclass
+class FileContent:
+    content: list  # blob ids and ints (holes), as in a tree node
+    size: int  # bytes read
+    changed: bool  # size or mtime changed while it was read
+
+
+class FileSaver:
+    def __init__(self, save: SaveBlob, chunk_min: int, chunk_avg: int, chunk_max: int, *,
+                 workers: int = 2, cancelled: Callable[[], bool] | None = None) -> None:
+        self._save = save
+        self._sizes = (chunk_min, chunk_avg, chunk_max)
+        self.small = chunk_min
+        cancelled = cancelled or (lambda: False)
+        self._stop = False
+        self._cancelled = lambda: self._stop or cancelled()
+        # One window for all readers: files larger than WHOLE_FILE_MAX are few, and a
+        # second 16 MiB window per reader would cost more memory than it buys time.
+        self._window = Chunker(chunk_min, chunk_avg, chunk_max)
+        self._window_lock = threading.Lock()
+        self.workers = max(1, workers)
+        self._pool: ThreadPoolExecutor | None = None
+        # Bounds the queued jobs (and so the paths and stats held for them).
+        self._slots = threading.BoundedSemaphore(2 * self.workers + 2)
+
+    # -- reading one file (any thread)
+    def read(self, path: bytes, st: os.stat_result) -> FileContent:
+        """Read, chunk and store one regular file. Raises OSError if it cannot be read."""
+        fd = _open(path)
+        try:
+            content: list = []
+            total = 0
+            with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
+                # At most the size stat saw: a file appended to faster than we read it must
+                # not keep the backup going (the mtime check below still warns). Pseudo-files
+                # (/proc, /sys) report size 0 and are read to their end.
+                if st.st_size <= self.small:
+                    data = f.read(st.st_size or -1)
+                    while 0 < len(data) < st.st_size:  # a short read (network file systems)
+                        more = f.read(st.st_size - len(data))
+                        if not more:
+                            break
+                        data += more
+                    if len(data) > self.small:
+                        content, total = self.chunk_stream(f, data)
+                    elif data:
+                        content.append(self._save(BLOB_DATA, data))
+                        total = len(data)
+                elif st.st_blocks * 512 < st.st_size:
+                    content, total = self._chunk_sparse(fd, f)
+                elif st.st_size <= WHOLE_FILE_MAX:
+                    content, total = self._chunk_whole(f, st.st_size)
+                else:
+                    content, total = self.chunk_stream(_Limited(f, st.st_size))
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        changed = total != st.st_size or after.st_mtime_ns != st.st_mtime_ns
+        return FileContent(content, total, changed)
+
+    def _chunk_whole(self, f: BinaryIO, size: int) -> tuple[list, int]:
+        """A file of up to ``WHOLE_FILE_MAX`` bytes: one read into a fresh bytes object
+        (its pages are faulted in by the kernel, without the GIL), cut in place, and its
+        chunks handed on as views: bytes are immutable, so nobody needs a copy."""
+        data = f.read(size)
+        while 0 < len(data) < size:  # a short read
+            more = f.read(size - len(data))
+            if not more:
+                break
+            data += more
+        content = []
+        whole = memoryview(data)
+        pos = 0
+        for length in self._window.cuts(data, True):  # (cuts() uses no window)
+            content.append(self._save(BLOB_DATA, whole[pos:pos + length]))
+            pos += length
+            if self._cancelled():
+                raise Interrupted("backup interrupted")
+        return content, len(data)
+
+    def chunk_stream(self, f: BinaryIO, first: bytes = b"") -> tuple[list, int]:
+        content = []
+        total = 0
+        with self._window_lock:
+            for chunk in self._window.chunks(f, first):
+                content.append(self._save(BLOB_DATA, chunk))
+                total += len(chunk)
+                if self._cancelled():
+                    raise Interrupted("backup interrupted")
+        return content, total
+
+    def _chunk_sparse(self, fd: int, f: BinaryIO) -> tuple[list, int]:
+        """Chunk the data regions the OS reports; record holes as zero-byte runs."""
+        content: list = []
+        total = 0
+        end = os.fstat(fd).st_size
+        pos = 0
+        while pos < end:
+            try:
+                data_start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole remains
+                data_start = end
+            if data_start > pos:
+                content.append(data_start - pos)
+                total += data_start - pos
+            if data_start >= end:
+                break
+            hole = os.lseek(fd, data_start, os.SEEK_HOLE)
+            f.seek(data_start)
+            part, n = self.chunk_stream(_Limited(f, hole - data_start))
+            content.extend(part)
+            total += n
+            pos = data_start + n
+            if n < hole - data_start:
+                break  # truncated while reading
+        return content, total
+
+    # -- jobs
+    def _job(self, items: list[tuple[bytes, os.stat_result]]) -> list[FileContent | OSError]:
+        out: list[FileContent | OSError] = []
+        try:
+            for path, st in items:
+                if self._cancelled():
+                    raise Interrupted("backup interrupted")
+                try:
+                    out.append(self.read(path, st))
+                except OSError as exc:
+                    out.append(exc)
+            return out
+        finally:
+            self._slots.release()
+
+    def submit(self, items: list[tuple[bytes, os.stat_result]]) -> Future:
+        """Queue files to read; the future's result lists a FileContent or the OSError of
+        each, in order. Blocks while enough jobs are queued."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="snap-read")
+        self._slots.acquire()
+        try:
+            return self._pool.submit(self._job, items)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def close(self) -> None:
+        """Stop the workers; queued jobs not yet started are dropped, running ones stop at
+        their next chunk (after an error or an interruption, nobody waits for them)."""
+        if self._pool is not None:
+            self._stop = True
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+            self._stop = False
+
+
+class Pending:
+    """Where the result of one queued file will be (known once its job is submitted)."""
+    __slots__ = ("future", "pos")
+
+    def __init__(self) -> None:
+        self.future: Future | None = None
+        self.pos = 0
+
+    def result(self) -> FileContent | OSError:
+        assert self.future is not None, "job not submitted"
+        return self.future.result()[self.pos]
+
+
+class DirReads:
+    """The files of one directory that must be read, queued as jobs in tree order."""
+
+    def __init__(self, saver: FileSaver) -> None:
+        self.saver = saver
+        self.items: list = []  # (path, st, node, extra, Pending) in order
+        self._batch: list[tuple[bytes, os.stat_result]] = []
+        self._batch_slots: list[Pending] = []
+        self._batch_bytes = 0
+
+    def add(self, path: bytes, st: os.stat_result, node: dict, extra=None,
+            same_as: Pending | None = None) -> Pending:
+        """Queue a file; with ``same_as`` (a hard link to a file queued before), reuse that
+        result instead of reading again."""
+        if same_as is not None:
+            self.items.append((path, st, node, extra, same_as))
+            return same_as
+        slot = Pending()
+        self.items.append((path, st, node, extra, slot))
+        if st.st_size > self.saver.small:
+            self.flush()
+            self._submit([(path, st)], [slot])
+        else:
+            self._batch.append((path, st))
+            self._batch_slots.append(slot)
+            self._batch_bytes += st.st_size
+            if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
+                self.flush()
+        return slot
+
+    def _submit(self, files: list, slots: list[Pending]) -> None:
+        fut = self.saver.submit(files)
+        for i, slot in enumerate(slots):
+            slot.future, slot.pos = fut, i
+
+    def flush(self) -> None:
+        """Queue the small files gathered so far. Called before descending into a
+        subdirectory, so the workers have them while this thread walks on (and a hard link
+        below can wait for a file queued here)."""
+        if self._batch:
+            self._submit(self._batch, self._batch_slots)
+            self._batch, self._batch_slots, self._batch_bytes = [], [], 0
+
+    def results(self) -> list:
+        """(path, st, node, extra, FileContent | OSError) for every item, in order; re-raises
+        a job's exception (an interruption)."""
+        self.flush()
+        return [(path, st, node, extra, slot.result()) for path, st, node, extra, slot in self.items]
+
+
+def _open(path: bytes) -> int:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, flags | _O_NOATIME)
+    except PermissionError:
+        if not _O_NOATIME:
+            raise
+        return os.open(path, flags)  # O_NOATIME needs ownership; read anyway
+
+
+class _Limited:
+    """A read-only view of the next ``limit`` bytes of a raw file."""
+
+    def __init__(self, f: BinaryIO, limit: int) -> None:
+        self.f, self.left = f, limit
+
+    def fileno(self) -> int:  # lets the chunker ask the kernel to read ahead
+        return self.f.fileno()
+
+    def readinto(self, buf) -> int:
+        if self.left <= 0:
+            return 0
+        view = memoryview(buf)[:self.left]
+        n = self.f.readinto(view) or 0
+        self.left -= n
+        return n
