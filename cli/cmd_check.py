@@ -14,6 +14,7 @@ from dedupe.subset import MAX_BUCKETS, SubsetSpec
 
 from .app import App, UsageError, pass_app
 from .errors import EXIT_ERROR
+from .malloc import tune_malloc_for_reading
 from .progress import LiveLine, Ticker
 from .requests import request_summary
 from .sizes import format_size, parse_size
@@ -115,7 +116,7 @@ def _summary(app: App, r: CheckResult) -> None:
                    "500M (random, up to SIZE) or stale:x% (those verified longest ago).")
 @click.option("--no-lock", is_flag=True, help="Do not lock the repository (read-only access).")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
-              help="Packs read concurrently (default 4; S3: --s3-connections).")
+              help="Packs read concurrently (default 3; S3: --s3-connections).")
 @pass_app
 def command(app: App, read_data, subset, no_lock, workers) -> int:
     """Check the repository: snapshots, index, trees and packs; with --read-data or
@@ -125,8 +126,10 @@ def command(app: App, read_data, subset, no_lock, workers) -> int:
     repo = app.open_repo()
     progress = CheckProgress()
     if workers is None:
-        workers = app.backend_options.get("connections", 8) if app.is_remote else 4
+        workers = app.backend_options.get("connections", 8) if app.is_remote else 3
     opts = CheckOptions(read_data=read_data, subset=spec, workers=workers, lock=not no_lock)
+    if read_data or spec is not None:
+        tune_malloc_for_reading()
     # Findings are printed at the end, once the paths depending on each are known.
     checker = Checker(repo, opts, progress=progress)
     if not app.quiet and not app.json and sys.stderr.isatty():

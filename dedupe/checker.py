@@ -70,7 +70,7 @@ class CheckOptions:
     read_data: bool = False
     subset: SubsetSpec | None = None  # implies read_data; None with read_data: every pack
     check_headers: bool = True
-    workers: int = 4  # concurrent pack reads; each holds a pack (more costs memory, not speed, on 2 cores)
+    workers: int = 3  # concurrent pack reads; each holds a pack (more costs memory, not speed, on 2 cores)
     max_affected: int = 1000  # (snapshot, path) pairs kept per finding
     record_state: bool = True  # update the verification state after reading data
     now: datetime | None = None  # verification time to record (tests simulate weeks)

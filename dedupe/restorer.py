@@ -48,10 +48,10 @@ class RestoreOptions:
     dry_run: bool = False
     verify: bool = False
     owners: bool | None = None  # None: restore ownership only when running as root
-    workers: int = 4
+    workers: int = 3
     # Largest coalesced read: bounds memory per worker. Remote stores want it large (each
     # request costs money and latency), local disks small (memory matters more).
-    max_read: int = 8 * 1024 * 1024
+    max_read: int = 4 * 1024 * 1024
 
 
 @dataclass
@@ -69,6 +69,15 @@ class _Item:
     path: bytes
     node: Node
     remaining: int = 0  # blobs still to write
+
+
+_METADATA = ("type", "uid", "gid", "mode", "xattrs", "mtime", "atime")
+
+
+def _metadata(node: Node) -> Node:
+    """What phase 3 needs of a node: a restore plans every entry of the snapshot before it
+    writes, so whole nodes (names, content lists) would hold tens of MiB on a large tree."""
+    return {k: node[k] for k in _METADATA if k in node}
 
 
 def _remove(path: bytes) -> None:
@@ -175,7 +184,7 @@ class Restorer:
                     raise FileExistsError(errno.EEXIST, "exists and is not a directory")
                 os.unlink(dest)
             os.makedirs(dest, exist_ok=True)
-            self._dirs.append(_Item(dest, node))
+            self._dirs.append(_Item(dest, _metadata(node)))
             return
         if ntype == "file":
             self._create_file(dest, node)
@@ -194,7 +203,7 @@ class Restorer:
             os.mknod(dest, kind | node["mode"], node.get("rdev", 0))
         else:  # sockets cannot be restored meaningfully
             return
-        self._files.append(_Item(dest, node))
+        self._files.append(_Item(dest, _metadata(node)))
 
     def _skip_existing(self, dest: bytes, node: Node) -> bool:
         mode = self.opts.overwrite
@@ -258,6 +267,8 @@ class Restorer:
             os.close(fd)
         if node.get("links", 1) > 1:
             self._links[link_key] = dest
+        if not self.opts.verify:  # planned: only metadata is needed from here on
+            item.node = _metadata(node)
         self._files.append(item)
         if item.remaining == 0:
             p.files_done += 1
