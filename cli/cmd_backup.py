@@ -69,6 +69,8 @@ def _parse_time(value: str | None) -> datetime | None:
 @click.option("--ignore-ctime", is_flag=True, help="Ignore ctime changes when detecting changes.")
 @click.option("--ignore-inode", is_flag=True, help="Ignore inode changes when detecting changes.")
 @click.option("-n", "--dry-run", is_flag=True, help="Do everything but write to the repository.")
+@click.option("--with-atime", is_flag=True,
+              help="Store access times too (they change whenever a file is read).")
 @click.option("--read-concurrency", type=click.IntRange(1, 64), default=2, show_default=True,
               metavar="N", help="Read N files at once.")
 @click.option("--stdin", "use_stdin", is_flag=True, help="Back up standard input as one file.")
@@ -79,7 +81,7 @@ def _parse_time(value: str | None) -> datetime | None:
 def command(app: App, paths, exclude, iexclude, exclude_file, iexclude_file, exclude_caches,
             exclude_if_present, exclude_larger_than, one_file_system, files_from, files_from_verbatim,
             files_from_raw,
-            tags, host, time_, parent, force, ignore_ctime, ignore_inode, dry_run, read_concurrency,
+            tags, host, time_, parent, force, ignore_ctime, ignore_inode, dry_run, with_atime, read_concurrency,
             use_stdin,
             stdin_filename, stdin_from_command) -> int:
     """Create a new snapshot of PATHS (or of stdin / a command's output)."""
@@ -111,7 +113,8 @@ def command(app: App, paths, exclude, iexclude, exclude_file, iexclude_file, exc
         exclude_larger_than=larger, one_file_system=one_file_system, force=force,
         ignore_ctime=ignore_ctime, ignore_inode=ignore_inode, dry_run=dry_run,
         tags=[t for tag in tags for t in tag.split(",") if t], hostname=host,
-        time=_parse_time(time_), read_concurrency=read_concurrency)
+        time=_parse_time(time_), read_concurrency=read_concurrency,
+        with_atime=with_atime)
     repo = app.open_repo()
     if parent:
         opts.parent = repo.find_snapshot(parent)

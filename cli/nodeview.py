@@ -78,7 +78,7 @@ def node_json(path: bytes, node: Node) -> dict[str, Any]:
         "mode": full_mode(node),
         "permissions": stat.filemode(full_mode(node)),
         "mtime": iso_ns(node.get("mtime", 0)),
-        "atime": iso_ns(node.get("atime", 0)),
+        "atime": iso_ns(node.get("atime", node.get("mtime", 0))),
         "ctime": iso_ns(node.get("ctime", 0)),
         "inode": node.get("inode", 0),
         "struct_type": "node",

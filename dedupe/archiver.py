@@ -2,9 +2,8 @@
 
 The caller's thread walks the tree; files that must be read are queued to ``FileSaver``,
 whose threads read, chunk and hash them; new blobs go to ``BlobSaver``, whose threads
-compress, encrypt and upload them. A directory's tree is written once its files are back. Trees are built
-bottom-up as each directory completes, so memory holds only the directories on the current
-path. A file whose size, mtime, ctime and inode equal its entry in the parent snapshot (and
+compress, encrypt and upload them. Trees are built bottom-up: a directory's tree is written
+once its files are back, so memory holds only the directories on the current path. A file whose size, mtime, ctime and inode equal its entry in the parent snapshot (and
 whose blobs are all still indexed) is not read again.
 
 Absolute source paths are kept whole: backing up ``/var/www`` gives a root tree holding
@@ -56,6 +55,7 @@ class BackupOptions:
     no_parent: bool = False
     lock_wait: float = 600.0  # seconds to wait while a prune holds the exclusive lock
     read_concurrency: int = 2  # threads reading files (restic's --read-concurrency)
+    with_atime: bool = False  # store access times (restic's --with-atime); see node_from_stat
 
 
 @dataclass
@@ -234,7 +234,7 @@ class Archiver:
         ntype = node_type(st.st_mode)
         if ntype is None:
             return None
-        node = node_from_stat(name, st, ntype)
+        node = node_from_stat(name, st, ntype, self.opts.with_atime)
         self.progress.current = _fs(path)
         if ntype == "dir":
             if self.opts.one_file_system and st.st_dev != parent_dev and st.st_dev not in self._root_devs:
@@ -326,7 +326,7 @@ class Archiver:
                 self._root_devs.add(st.st_dev)
                 node = self._entry(path, name, st, prev, st.st_dev, reads)
             else:
-                node = node_from_stat(name, st, "dir")
+                node = node_from_stat(name, st, "dir", self.opts.with_atime)
                 prev_sub = prev.get("subtree") if prev and prev.get("type") == "dir" else None
                 node["subtree"] = self._virtual_dir(path, sub, prev_sub)
             if node is not None:

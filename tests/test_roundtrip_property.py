@@ -302,6 +302,7 @@ class Scratch:
         self.restores = 0
 
     def backup(self, **options):
+        options.setdefault("with_atime", True)  # every piece of metadata round-trips
         result = Archiver(self.repo, BackupOptions(**options)).backup([os.fsdecode(self.src)])
         assert result.warnings == []
         return result
