@@ -16,7 +16,7 @@ packs wait for or undergo upload, plus one open pack per blob type.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from .backends.base import pack_name
