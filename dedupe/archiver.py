@@ -3,8 +3,10 @@
 The caller's thread walks the tree; files that must be read are queued to ``FileSaver``,
 whose threads read, chunk and hash them; new blobs go to ``BlobSaver``, whose threads
 compress, encrypt and upload them. Trees are built bottom-up: a directory's tree is written
-once its files are back, so memory holds only the directories on the current path. A file whose size, mtime, ctime and inode equal its entry in the parent snapshot (and
-whose blobs are all still indexed) is not read again.
+once its files are back, so memory holds only the directories on the current path. A file
+whose size, mtime, ctime and inode equal its entry in the parent snapshot (and whose blobs
+are all still indexed) is not read again; a directory whose new nodes equal the parent's
+keeps the parent's tree id without encoding it again.
 
 Absolute source paths are kept whole: backing up ``/var/www`` gives a root tree holding
 ``var`` holding ``www``, like restic, so restores recreate them under the target.
@@ -28,7 +30,7 @@ from .prefetch import Prefetcher
 from .packs import BLOB_DATA, BLOB_TREE
 from .repository import Repository, default_identity
 from .snapshot import Snapshot
-from .tree import Node, decode_tree, encode_tree, file_blobs, node_from_stat, node_type, read_xattrs
+from .tree import Node, decode_tree, encode_tree, node_from_stat, node_type, read_xattrs
 
 CACHEDIR_TAG = (b"CACHEDIR.TAG", b"Signature: 8a477f597d28d172789f06886806bc55")
 
@@ -72,8 +74,12 @@ class BackupProgress:
     dirs_changed: int = 0
     dirs_unmodified: int = 0
     errors: int = 0
-    current: str = ""
+    current_path: bytes = b""  # set per entry; decoded only when a UI asks (``current``)
     started: float = field(default_factory=time.monotonic)
+
+    @property
+    def current(self) -> str:
+        return os.fsdecode(self.current_path)
 
 
 @dataclass
@@ -176,7 +182,11 @@ class Archiver:
             return False
         if not self.opts.ignore_inode and prev.get("inode") != node["inode"]:
             return False
-        return all(self.index.has(b, BLOB_DATA) for b in file_blobs(prev))
+        has = self.index.has
+        for b in prev.get("content") or ():  # (the hot loop of an unchanged re-backup)
+            if b.__class__ is bytes and not has(b, BLOB_DATA):
+                return False
+        return True
 
     def _file(self, path: bytes, st: os.stat_result, node: Node, prev: Node | None,
               reads: DirReads) -> None:
@@ -235,7 +245,7 @@ class Archiver:
         if ntype is None:
             return None
         node = node_from_stat(name, st, ntype, self.opts.with_atime)
-        self.progress.current = _fs(path)
+        self.progress.current_path = path
         if ntype == "dir":
             if self.opts.one_file_system and st.st_dev != parent_dev and st.st_dev not in self._root_devs:
                 subtree = self._save(BLOB_TREE, encode_tree([]))  # mount point, kept empty
@@ -296,7 +306,15 @@ class Archiver:
             if node is not None:
                 nodes.append(node)
         nodes = self._finish_reads(reads, nodes)
-        tree_id = self._save(BLOB_TREE, encode_tree(nodes))
+        if (prev_tree is not None and len(nodes) == len(prev_nodes)
+                and nodes == list(prev_nodes.values())
+                and (self.opts.dry_run or self._saver.known(BLOB_TREE, prev_tree))):
+            # The same nodes: keep the tree without encoding and hashing it again. Asking
+            # the saver keeps the rule that nothing new may point into packs a concurrent
+            # prune marked for deletion (``has`` ignores those; then the tree is re-saved).
+            tree_id = prev_tree
+        else:
+            tree_id = self._save(BLOB_TREE, encode_tree(nodes))
         p = self.progress
         p.dirs_done += 1
         if prev_tree is None:

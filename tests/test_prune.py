@@ -326,3 +326,33 @@ def test_prune_leaves_objects_not_named_like_packs_alone(repo, tmp_path):
     for name in strays:
         assert repo.backend.get(name) == b"not a pack"
     assert restore_digest(repo, snap, str(tmp_path / "out")) == tree_digest(src)
+
+
+def test_unchanged_directories_do_not_keep_trees_in_marked_packs(repo, tmp_path):
+    """A backup reuses an unchanged directory's tree id without saving it again, unless the
+    tree sits in a pack a prune marked for deletion: then the tree must be written anew, or
+    the new snapshot would point into a pack about to be deleted."""
+    from dedupe.locks import write_marker
+    from dedupe.packs import BLOB_TREE
+    from dedupe.prune import used_blobs
+
+    src = str(tmp_path / "src")
+    write_round(src, random.Random(5), 0)
+    first = Archiver(repo).backup([src]).snapshot
+    tree_packs = {loc.pack_id for loc in (repo.index.lookup(b) for b in used_blobs(repo, [first]))
+                  if loc.type == BLOB_TREE}
+    assert tree_packs
+
+    again = Repository.open(LocalBackend(str(tmp_path / "repo")), b"pw", no_cache=True)
+    unmarked = Archiver(again).backup([src])
+    assert unmarked.summary["dirs_unmodified"] > 0  # src itself: the parent's tree, reused
+
+    write_marker(repo, tree_packs)
+    fresh = Repository.open(LocalBackend(str(tmp_path / "repo")), b"pw", no_cache=True)
+    result = Archiver(fresh).backup([src])
+    assert result.summary["files_unmodified"] > 0  # the parent was used
+    check = Repository.open(LocalBackend(str(tmp_path / "repo")), b"pw", no_cache=True)
+    check.index.set_avoided_packs(tree_packs)  # has() now answers: a copy outside them?
+    for bid in used_blobs(check, [result.snapshot]):
+        if check.index.lookup(bid).type == BLOB_TREE:
+            assert check.index.has(bid, BLOB_TREE), f"tree {bid.hex()[:12]} only in a marked pack"
