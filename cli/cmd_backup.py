@@ -81,9 +81,8 @@ def _parse_time(value: str | None) -> datetime | None:
 def command(app: App, paths, exclude, iexclude, exclude_file, iexclude_file, exclude_caches,
             exclude_if_present, exclude_larger_than, one_file_system, files_from, files_from_verbatim,
             files_from_raw,
-            tags, host, time_, parent, force, ignore_ctime, ignore_inode, dry_run, with_atime, read_concurrency,
-            use_stdin,
-            stdin_filename, stdin_from_command) -> int:
+            tags, host, time_, parent, force, ignore_ctime, ignore_inode, dry_run, with_atime,
+            read_concurrency, use_stdin, stdin_filename, stdin_from_command) -> int:
     """Create a new snapshot of PATHS (or of stdin / a command's output)."""
     sources = list(paths)
     try:
