@@ -126,7 +126,7 @@ def command(app: App, read_data, subset, no_lock, workers) -> int:
     repo = app.open_repo()
     progress = CheckProgress()
     if workers is None:
-        workers = app.backend_options.get("connections", 8) if app.is_remote else 3
+        workers = app.backend_options.get("connections", 5) if app.is_remote else 3
     opts = CheckOptions(read_data=read_data, subset=spec, workers=workers, lock=not no_lock)
     if read_data or spec is not None:
         tune_malloc_for_reading()

@@ -54,7 +54,7 @@ def command(app: App, snapshot, target, include, iinclude, exclude, iexclude, ve
     opts = RestoreOptions(includes=_group(include, iinclude), excludes=_group(exclude, iexclude),
                           sparse=sparse, overwrite=overwrite, dry_run=dry_run, verify=verify)
     if app.is_remote:  # fewer, larger GETs and as many in flight as --s3-connections allows
-        opts.workers = app.backend_options.get("connections", 8)
+        opts.workers = app.backend_options.get("connections", 5)
         opts.max_read = 128 * 1024 * 1024
     progress = RestoreProgress()
     restorer = Restorer(repo, opts, progress=progress, on_warning=app.warn)

@@ -51,8 +51,8 @@ class LazyGroup(click.Group):
 @click.option("--s3-storage-class", metavar="CLASS",
               help="S3 storage class for data packs (STANDARD, STANDARD_IA, ONEZONE_IA, "
                    "INTELLIGENT_TIERING, GLACIER_IR). Metadata always stays STANDARD.")
-@click.option("--s3-connections", type=click.IntRange(1, 256), default=8, show_default=True,
-              help="Parallel S3 transfers.")
+@click.option("--s3-connections", type=click.IntRange(1, 256), default=5, show_default=True,
+              help="Parallel S3 transfers (restore and check hold up to a pack per transfer).")
 @click.option("--s3-path-style/--s3-virtual-hosted", default=None,
               help="S3 addressing style (default: path style for custom endpoints).")
 @click.version_option(__version__, prog_name="snap")
