@@ -1,0 +1,95 @@
+"""Restore never writes outside its target: with --include, the directories above a selected
+file are not restored as entries of their own, and one of them may already exist in the target
+as a symlink (left by an earlier restore, or planted). The restorer must replace it with a
+real directory (or, with --overwrite never, refuse that entry), not follow it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from dedupe.archiver import Archiver
+from dedupe.backends.local import LocalBackend
+from dedupe.crypto import KdfParams
+from dedupe.filelists import collect_patterns
+from dedupe.repository import Repository
+from dedupe.restorer import Restorer, RestoreOptions
+
+
+@pytest.fixture
+def snapshot(tmp_path):
+    src = tmp_path / "src"
+    (src / "d" / "sub").mkdir(parents=True)
+    (src / "d" / "sub" / "f.txt").write_bytes(b"selected\n")
+    (src / "d" / "other.txt").write_bytes(b"not selected\n")
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), b"pw", kdf=KdfParams(1, 8 << 20),
+                           cache_root=str(tmp_path / "cache"))
+    return repo, Archiver(repo).backup([str(src)]).snapshot, src
+
+
+def plant(target: Path, src: Path, outside: Path, level: str) -> Path:
+    """Make ``<target>/<src>/<level>`` a symlink to ``outside``; return the link."""
+    link = target / str(src).lstrip("/") / level
+    link.parent.mkdir(parents=True, exist_ok=True)
+    outside.mkdir(exist_ok=True)
+    (outside / "sub").mkdir(exist_ok=True)
+    os.symlink(outside, link)
+    return link
+
+
+@pytest.mark.parametrize("level", ["d", "d/sub"])
+def test_include_restore_replaces_a_planted_symlink(snapshot, tmp_path, level):
+    repo, snap, src = snapshot
+    target, outside = tmp_path / "target", tmp_path / "outside"
+    link = plant(target, src, outside, level)
+    includes = [collect_patterns(["**/f.txt"], (), (), ())]
+    restorer = Restorer(repo, RestoreOptions(includes=includes))
+    restorer.restore(snap, str(target))
+    assert restorer.warnings == []
+    assert sorted(p.name for p in outside.rglob("*")) == ["sub"]  # nothing written outside
+    assert not link.is_symlink() and link.is_dir()
+    restored = target / str(src).lstrip("/") / "d" / "sub" / "f.txt"
+    assert restored.read_bytes() == b"selected\n"
+    assert not (target / str(src).lstrip("/") / "d" / "other.txt").exists()
+
+
+def test_overwrite_never_refuses_instead_of_following(snapshot, tmp_path):
+    repo, snap, src = snapshot
+    target, outside = tmp_path / "target", tmp_path / "outside"
+    link = plant(target, src, outside, "d")
+    includes = [collect_patterns(["**/f.txt"], (), (), ())]
+    restorer = Restorer(repo, RestoreOptions(includes=includes, overwrite="never"))
+    restorer.restore(snap, str(target))
+    assert any("not a directory" in w for w in restorer.warnings), restorer.warnings
+    assert sorted(p.name for p in outside.rglob("*")) == ["sub"]
+    assert link.is_symlink()  # left alone, as --overwrite never promises
+
+
+def test_restoring_over_a_file_leaves_none_of_its_extended_attributes(tmp_path):
+    """An old file at the destination is replaced, not truncated: a truncated file would keep
+    its xattrs (hypothesis found it: a file renamed onto a deleted one's name)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    f = src / "f"
+    f.write_bytes(b"old")
+    try:
+        os.setxattr(f, "user.old", b"1")
+    except OSError:
+        pytest.skip("no user xattrs on this file system")
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), b"pw", kdf=KdfParams(1, 8 << 20),
+                           cache_root=str(tmp_path / "cache"))
+    first = Archiver(repo).backup([str(src)]).snapshot
+    f.unlink()
+    f.write_bytes(b"new, no xattrs")
+    second = Archiver(repo).backup([str(src)]).snapshot
+    target = tmp_path / "target"
+    Restorer(repo).restore(first, str(target))
+    out = target / str(f).lstrip("/")
+    assert os.getxattr(out, "user.old") == b"1"
+    restorer = Restorer(repo)
+    restorer.restore(second, str(target))
+    assert restorer.warnings == []
+    assert out.read_bytes() == b"new, no xattrs"
+    assert os.listxattr(out) == []
