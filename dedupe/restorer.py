@@ -233,7 +233,8 @@ class Restorer:
             else:
                 if not stat.S_ISDIR(st.st_mode):  # a symlink (even to a directory) or a file
                     if self.opts.overwrite == "never":
-                        raise FileExistsError(errno.EEXIST, f"{os.fsdecode(current)} is not a directory")
+                        raise FileExistsError(errno.EEXIST,
+                                              f"{os.fsdecode(current)} is not a directory")
                     os.unlink(current)
                     os.mkdir(current)
             self._real_dirs.add(current)
