@@ -73,12 +73,7 @@ class FileSaver:
                 # not keep the backup going (the mtime check below still warns). Pseudo-files
                 # (/proc, /sys) report size 0 and are read to their end.
                 if st.st_size <= self.small:
-                    data = f.read(st.st_size or -1)
-                    while 0 < len(data) < st.st_size:  # a short read (network file systems)
-                        more = f.read(st.st_size - len(data))
-                        if not more:
-                            break
-                        data += more
+                    data = _read_upto(f, st.st_size)
                     if len(data) > self.small:
                         content, total = self.chunk_stream(f, data)
                     elif data:
@@ -100,12 +95,7 @@ class FileSaver:
         """A file of up to ``WHOLE_FILE_MAX`` bytes: one read into a fresh bytes object
         (its pages are faulted in by the kernel, without the GIL), cut in place, and its
         chunks handed on as views: bytes are immutable, so nobody needs a copy."""
-        data = f.read(size)
-        while 0 < len(data) < size:  # a short read
-            more = f.read(size - len(data))
-            if not more:
-                break
-            data += more
+        data = _read_upto(f, size)
         content = []
         whole = memoryview(data)
         pos = 0
@@ -251,6 +241,18 @@ class DirReads:
         a job's exception (an interruption)."""
         self.flush()
         return [(path, st, node, extra, slot.result()) for path, st, node, extra, slot in self.items]
+
+
+def _read_upto(f: BinaryIO, size: int) -> bytes:
+    """Up to ``size`` bytes, retrying short reads (network file systems); all of a file that
+    reports size 0 (pseudo-files in /proc and /sys)."""
+    data = f.read(size or -1)
+    while 0 < len(data) < size:
+        more = f.read(size - len(data))
+        if not more:
+            break
+        data += more
+    return data
 
 
 def _open(path: bytes) -> int:
