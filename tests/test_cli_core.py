@@ -413,6 +413,14 @@ class Terminal:
     def send(self, data: bytes) -> None:
         os.write(self.master, data)
 
+    def answer_twice(self, prompt: bytes, first: bytes, second: bytes) -> tuple[int, str]:
+        """Answer a new-password prompt and its confirmation, then wait for the end."""
+        self.expect(prompt)
+        self.send(first + b"\n")
+        self.expect(b"again")
+        self.send(second + b"\n")
+        return self.finish()
+
     def finish(self) -> tuple[int, str]:
         code = self.proc.wait(timeout=120)
         while self._read(0.1):
@@ -423,11 +431,7 @@ class Terminal:
 
 def test_init_on_a_terminal_asks_twice(tmp_path):
     term = Terminal("-r", str(tmp_path / "r"), "init", env={"SNAP_CACHE_DIR": str(tmp_path / "c")})
-    term.expect(b"password")
-    term.send(b"typed password\n")
-    term.expect(b"again")
-    term.send(b"typed password\n")
-    code, out = term.finish()
+    code, out = term.answer_twice(b"password", b"typed password", b"typed password")
     assert code == 0, out
     assert "typed password" not in out  # not echoed
     proc = run("-r", str(tmp_path / "r"), "key", "list", "--json",
@@ -437,22 +441,14 @@ def test_init_on_a_terminal_asks_twice(tmp_path):
 
 def test_init_on_a_terminal_with_mismatched_passwords(tmp_path):
     term = Terminal("-r", str(tmp_path / "r"), "init")
-    term.expect(b"password")
-    term.send(b"one\n")
-    term.expect(b"again")
-    term.send(b"two\n")
-    code, out = term.finish()
+    code, out = term.answer_twice(b"password", b"one", b"two")
     assert code == 1 and "do not match" in out and "Traceback" not in out
     assert not (tmp_path / "r").exists()
 
 
 def test_key_add_on_a_terminal_asks_twice(t):
     term = Terminal("-r", str(t.repo), "key", "add", env=t.env)
-    term.expect(b"new password")
-    term.send(b"terminal pw\n")
-    term.expect(b"again")
-    term.send(b"terminal pw\n")
-    code, out = term.finish()
+    code, out = term.answer_twice(b"new password", b"terminal pw", b"terminal pw")
     assert code == 0, out
     proc = t.snap("key", "list", "--json", env={"SNAP_PASSWORD_FILE": "",
                                                 "SNAP_PASSWORD": "terminal pw"})
