@@ -18,7 +18,7 @@ import random
 import time
 
 from cli.main import tune_malloc
-from dedupe.index import MasterIndex, _numpy
+from dedupe.index import MasterIndex, load_numpy
 from dedupe.packs import RECORD
 
 BLOBS_PER_PACK = 500
@@ -61,7 +61,7 @@ def main() -> None:
         known.append(rec[i * RECORD.size:i * RECORD.size + 32])
     absent = [rnd.randbytes(32) for _ in range(args.lookups)]
     gc.collect()
-    _numpy()  # numpy's own import (~15 MB, once per process) is not the index's memory
+    load_numpy()  # numpy's own import (~15 MB, once per process) is not the index's memory
 
     before = rss_bytes()
     t0 = time.perf_counter()

@@ -34,24 +34,22 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
-import numpy as np
-
 from . import verifystate
 from .affected import map_affected
 from .backends.base import pack_id_from_name, pack_name
 from .checkreport import ERROR, INFO, CheckProgress, CheckResult, Finding
 from .crypto import OVERHEAD, storage_id
 from .errors import BackendError, IntegrityError, NotFound, UnsupportedVersion
-from .index import MasterIndex, decode_index_file
+from .index import SMALL as SMALL_INDEX, MasterIndex, decode_index_file, load_numpy
 from .locks import MARKER, SHARED, Lock, list_locks
-from .packs import (BLOB_DATA, BLOB_TREE, BLOB_TYPES, RECORD, BlobCodec, decode_records,
-                    encode_records, parse_header_tail, parse_pack, read_pack_header)
+from .packs import (BLOB_DATA, BLOB_TREE, BLOB_TYPES, RECORD, RECORD_SIZE, BlobCodec,
+                    decode_records, encode_records, parse_header_tail, parse_pack,
+                    read_pack_header)
 from .snapshot import Snapshot
 from .subset import SubsetSpec, select_packs
 from .tree import Node, decode_tree, file_blobs
 
 TRAILER_SIZE = 4
-_ID_DTYPE = np.dtype([("id", "V32"), ("rest", "V16")])
 TREE_PACK_MEMORY = 256 << 20  # tree packs kept in memory while walking (LRU)
 
 
@@ -391,20 +389,29 @@ class Checker:
 
     # ------------------------------------------------------------------ information
     def _information(self) -> None:
-        if self._records:
-            ids = np.frombuffer(b"".join(self._records.values()), dtype=_ID_DTYPE)["id"]
-            uniq, counts = np.unique(ids, return_counts=True)
-            extra = int(counts.sum() - len(uniq))
-            if extra:
-                self._report(Finding("blobs_duplicate", INFO, f"{extra} extra copies of blobs "
-                                     "are stored (prune can remove them)", count=extra))
+        total = sum(len(r) for r in self._records.values()) // RECORD_SIZE
+        # A set of ids for small repositories (importing numpy costs more than the count);
+        # numpy's sort-based unique above that, where a set of bytes would cost ~100 B a blob.
+        seen: set[bytes] | None = set() if total < SMALL_INDEX else None
         unused = unused_bytes = 0
         for records in self._records.values():
             for bid, _off, length, _raw, btype, _c, _r in RECORD.iter_unpack(records):
+                if seen is not None:
+                    seen.add(bid)
                 used = self._used_data if btype == BLOB_DATA else self._trees
                 if bid not in used:
                     unused += 1
                     unused_bytes += length
+        if seen is not None:
+            extra = total - len(seen)
+        else:
+            np = load_numpy()
+            ids = np.frombuffer(b"".join(self._records.values()),
+                                dtype=np.dtype([("id", "V32"), ("rest", "V16")]))["id"]
+            extra = total - len(np.unique(ids))
+        if extra:
+            self._report(Finding("blobs_duplicate", INFO, f"{extra} extra copies of blobs "
+                                 "are stored (prune can remove them)", count=extra))
         if unused:
             self._report(Finding("blobs_unused", INFO, f"{unused} blobs ({unused_bytes} bytes) "
                                  "are not used by any snapshot (prune removes them)", count=unused))

@@ -25,14 +25,14 @@ from .packs import RECORD, RECORD_SIZE, BlobEntry, encode_records
 
 INDEX_VERSION = 1
 
-np = None  # numpy, imported on first need (see _numpy)
+np = None  # numpy, imported on first need (see load_numpy)
 _RECORD_DTYPE = None
 # Repositories up to this many blobs keep their index in a dict and never import numpy:
 # its import alone costs more start-up time than a small index's whole load.
-_SMALL = 100_000
+SMALL = 100_000
 
 
-def _numpy():
+def load_numpy():
     """Import numpy and build the record dtype on first use."""
     global np, _RECORD_DTYPE
     if np is None:
@@ -103,7 +103,7 @@ class MasterIndex:
     def __init__(self, expected_blobs: int = 0) -> None:
         """``expected_blobs``: how many records the index files about to be added hold; a
         large index goes straight into arrays (a detour through the dict fragments memory)."""
-        self._small = expected_blobs <= _SMALL
+        self._small = expected_blobs <= SMALL
         self._pack_ids: list[bytes] = []
         self._pack_no: dict[bytes, int] = {}
         self._n = 0
@@ -140,7 +140,7 @@ class MasterIndex:
         small, else staged as an array that ``compact()`` sorts in."""
         count = len(records) // RECORD_SIZE
         if self._small and not self._n and not self._staged and \
-                self._pending_count + count <= _SMALL:
+                self._pending_count + count <= SMALL:
             self._pack_number(pack_id)
             pending = self._pending
             for bid, off, length, raw, typ, comp, _ in RECORD.iter_unpack(records):
@@ -152,7 +152,7 @@ class MasterIndex:
                     locs.append(loc)
             self._pending_count += count
             return
-        np = _numpy()
+        np = load_numpy()
         arr = np.frombuffer(records, dtype=_RECORD_DTYPE)
         packs = np.full(len(arr), self._pack_number(pack_id), dtype=np.uint32)
         self._staged.append((arr, packs))
@@ -169,7 +169,7 @@ class MasterIndex:
         """Sort staged and pending blobs into the arrays."""
         if not self._staged and not self._pending:
             return
-        np = _numpy()
+        np = load_numpy()
         parts = list(self._staged)
         if self._pending:
             recs, packs = [], []
@@ -216,7 +216,7 @@ class MasterIndex:
         """Fold new blobs into the arrays once they are many: a dict entry costs ~220 bytes,
         an array row 58. The threshold grows with the index, so the sorting work over a
         session stays O(n log n) in total."""
-        if self._staged or self._pending_count > max(_SMALL, self._n // 2):
+        if self._staged or self._pending_count > max(SMALL, self._n // 2):
             self.compact()
 
     # -- lookups

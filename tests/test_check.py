@@ -420,3 +420,26 @@ def test_index_rewritten_while_loading_is_loaded_again(env):
     res = Checker(Repository.open(backend, PW, cache_root=cache), CheckOptions()).run()
     assert backend.fired and res.ok, [f.message for f in res.errors]
     assert res.index_files == 1
+
+
+@pytest.mark.parametrize("small_index", [True, False], ids=["set", "numpy"])
+def test_duplicate_and_unused_blobs_are_counted_as_information(env, monkeypatch, small_index):
+    """A blob stored twice (prune's repacking stores copies with force=True), referenced by no
+    snapshot: check counts the extra copy and both unused blobs as information, not errors,
+    whether it counts with a set (small repositories) or with numpy (large ones)."""
+    src, repo_dir, cache = env
+    if not small_index:
+        monkeypatch.setattr("dedupe.checker.SMALL_INDEX", 0)
+    data = random.Random(7).randbytes(30_000)
+    repo = open_repo(repo_dir, cache + "-writer")
+    for force in (False, True):
+        saver = repo.new_saver()
+        assert saver.save(BLOB_DATA, repo.key.blob_id(data), data, force=force)
+        saver.flush()
+        saver.close()
+    result = Checker(open_repo(repo_dir, cache)).run()
+    assert result.ok
+    info = {f.kind: f for f in result.findings if f.kind.startswith("blobs_")}
+    assert info["blobs_duplicate"].count == 1
+    assert info["blobs_unused"].count == 2
+
