@@ -26,6 +26,8 @@ import glob
 import os
 import struct
 
+from . import evp
+
 NONCE_SIZE = 24
 
 try:  # optional: without it everything still works, through PyNaCl
@@ -77,6 +79,10 @@ def hchacha20_keystream(key: bytes, nonce16: bytes) -> bytes:
 
 
 _core = _libsodium_hchacha20() if AVAILABLE else None
+# Objects from this size on go through libcrypto with the GIL released (see evp.py); below it
+# the hand-off of the GIL costs more than the other threads gain.
+GIL_FREE_MIN = 64 * 1024
+_evp = evp.load() if AVAILABLE else None
 
 
 def hchacha20(key: bytes, nonce16: bytes) -> bytes:
@@ -92,15 +98,35 @@ def _subkey_and_nonce(enc_key: bytes, nonce: bytes) -> tuple["ChaCha20Poly1305",
     return ChaCha20Poly1305(hchacha20(enc_key, nonce[:16])), b"\0\0\0\0" + nonce[16:]
 
 
+def gil_free(size: int) -> bool:
+    """Whether objects of this size are encrypted and decrypted with the GIL released."""
+    return _evp is not None and GIL_FREE_MIN <= size <= evp.MAX_LEN
+
+
 def xchacha_seal(enc_key: bytes, nonce: bytes, plaintext, aad: bytes) -> bytes:
     """``nonce || ciphertext || tag`` for a 24-byte ``nonce``."""
+    if gil_free(len(plaintext)):
+        subkey = hchacha20(enc_key, nonce[:16])
+        return _evp.seal(subkey, b"\0\0\0\0" + nonce[16:], nonce, plaintext, aad)
     aead, nonce12 = _subkey_and_nonce(enc_key, nonce)
     return nonce + aead.encrypt(nonce12, plaintext, aad)
 
 
+def xchacha_seal_into(enc_key: bytes, nonce: bytes, plaintext, aad: bytes, out: bytearray,
+                      offset: int) -> None:
+    """Write ``nonce || ciphertext || tag`` into ``out`` at ``offset`` with the GIL released;
+    only for sizes ``gil_free`` accepts."""
+    subkey = hchacha20(enc_key, nonce[:16])
+    _evp.seal_into(out, offset, subkey, b"\0\0\0\0" + nonce[16:], nonce, plaintext, aad)
+
+
 def xchacha_open(enc_key: bytes, sealed: bytes | memoryview, aad: bytes) -> bytes | None:
     """Decrypt ``nonce(24) || ciphertext || tag``; None when authentication fails."""
-    aead, nonce12 = _subkey_and_nonce(enc_key, bytes(sealed[:NONCE_SIZE]))
+    nonce = bytes(sealed[:NONCE_SIZE])
+    if gil_free(len(sealed)):
+        subkey = hchacha20(enc_key, nonce[:16])
+        return _evp.open(subkey, b"\0\0\0\0" + nonce[16:], memoryview(sealed)[NONCE_SIZE:], aad)
+    aead, nonce12 = _subkey_and_nonce(enc_key, nonce)
     try:
         return aead.decrypt(nonce12, memoryview(sealed)[NONCE_SIZE:], aad)
     except InvalidTag:
