@@ -1,9 +1,12 @@
 """Concurrent write path: blob -> compress + encrypt (worker threads) -> pack -> backend -> index.
 
 Producers (the archiver's walker and file readers) hand over plaintext blobs with their ids.
-zstd releases the GIL (OpenSSL's ChaCha20-Poly1305, through ``cryptography``, does not, but
-takes only ~0.3 ms per MiB), so encoding runs on every core while the producers read and
-chunk the next files. Finished packs are uploaded by a second pool; once a
+An encoder compresses a blob (zstd releases the GIL), reserves a slot for it in the open pack
+under the lock, and encrypts into the slot without the lock (for blobs from 64 KiB with the
+GIL released too, see evp.py), so encoding runs on every core while the producers read and
+chunk the next files; the last writer of a full pack ships it. A slot whose encryption failed
+marks its pack broken: it is never written (the saver has failed by then anyway).
+Finished packs are uploaded by a second pool; once a
 pack is durable its blobs join the in-memory index, and every ``index_batch`` packs (and at
 ``flush``) an index file describing only durable packs is written. That order, packs before
 index before snapshot, is what makes a crash at any instant harmless: a pack no index names is
@@ -11,22 +14,26 @@ garbage for prune, never a dangling reference.
 
 Memory is bounded: at most ``max_encoding`` jobs (one large blob, or a batch of small ones
 up to ``SMALL_BATCH_BYTES``) wait for or undergo encoding, at most ``max_uploads`` finished
-packs wait for or undergo upload, plus one open pack per blob type.
+packs wait for or undergo upload, plus one open pack per blob type, one full pack whose last
+slots are being filled, and ``_SPARE`` finished pack buffers kept for reuse.
 """
 
 from __future__ import annotations
 
+import mmap
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from .backends.base import pack_name
-from .packs import BLOB_DATA, BLOB_TREE, BlobCodec, BlobEntry, PackBuilder
+from .crypto import OVERHEAD
+from .packs import BLOB_DATA, BLOB_TREE, HEADER_ROOM, BlobCodec, BlobEntry, PackBuilder
 
 
 SMALL_BLOB = 64 * 1024  # blobs below this size are encoded in batches of ...
 SMALL_BATCH = 64  # ... this many blobs
 SMALL_BATCH_BYTES = 1024 * 1024  # ... or this many bytes
+_SPARE = 1  # finished pack buffers kept for reuse
 
 
 class BlobSaver:
@@ -51,7 +58,11 @@ class BlobSaver:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._busy = 0  # encode jobs + uploads not yet finished
-        self._builders = {BLOB_DATA: PackBuilder(BLOB_DATA), BLOB_TREE: PackBuilder(BLOB_TREE)}
+        # Pack buffers hold a full pack plus the largest chunk and the header's room, so a
+        # slot never has to move; finished ones are reused (``_recycle``).
+        self._capacity = self.pack_size + repo.config.chunk_max + OVERHEAD + HEADER_ROOM
+        self._spare: list[mmap.mmap] = []
+        self._builders = {t: self._new_builder(t) for t in (BLOB_DATA, BLOB_TREE)}
         self._inflight: set[tuple[int, bytes]] = set()
         self._small: list = []  # small blobs waiting to be encoded as one batch
         self._small_bytes = 0
@@ -131,27 +142,69 @@ class BlobSaver:
     def _encode(self, batch: list) -> None:
         try:
             for blob_type, blob_id, data in batch:
-                stored, comp = self.codec.encode(blob_type, blob_id, data)
-                full = None
+                payload, comp = self.codec.compress(data)
+                stored_length = len(payload) + OVERHEAD
                 with self._lock:
-                    builder = self._builders[blob_type]
-                    builder.add(blob_id, stored, len(data), comp)
+                    builder, full = self._builder_for(blob_type, stored_length)
+                    offset = builder.reserve(blob_id, stored_length, len(data), comp)
+                    builder.writers += 1
                     self.stats["blobs_added"] += 1
                     self.stats["bytes_added_raw"] += len(data)
-                    self.stats["bytes_added_stored"] += len(stored)
+                    self.stats["bytes_added_stored"] += stored_length
                     if builder.size >= self.pack_size:
-                        full = builder
-                        self._builders[blob_type] = PackBuilder(blob_type)
+                        builder.closed = True
+                        self._builders[blob_type] = self._new_builder(blob_type)
                 if full is not None:
                     self._ship(full)
+                filled = False
+                try:  # outside the lock: encoders fill their slots of one pack in parallel
+                    self.codec.seal_into(builder.buf, offset, blob_type, blob_id, payload)
+                    filled = True
+                finally:
+                    with self._lock:
+                        builder.writers -= 1
+                        builder.broken |= not filled
+                        ready = builder.closed and builder.writers == 0
+                if ready:  # the last writer of a closed pack ships it
+                    self._ship(builder)
         except BaseException as exc:  # surfaced to the producer by _raise_error/flush
             self._fail(exc)
         finally:
             self._encode_slots.release()
             self._done(len(batch))
 
+    def _new_builder(self, blob_type: int, stored_length: int = 0) -> PackBuilder:
+        """A pack buffer: an anonymous mapping, so pages cost memory only once written (a
+        bytearray would be zero-filled whole), and a reused one when the blob fits (its
+        pages are mapped already; filling fresh ones costs a page fault every 4 KiB)."""
+        if stored_length + HEADER_ROOM > self._capacity:  # a huge tree: a buffer of its own
+            return PackBuilder(blob_type, buf=mmap.mmap(-1, stored_length + HEADER_ROOM))
+        buf = self._spare.pop() if self._spare else mmap.mmap(-1, self._capacity)
+        return PackBuilder(blob_type, buf=buf)
+
+    def _builder_for(self, blob_type: int, stored_length: int) -> tuple[PackBuilder, PackBuilder | None]:
+        """(the open pack with room for the blob, a pack closed for lack of room or None).
+        Called under the lock."""
+        builder = self._builders[blob_type]
+        if builder.room(stored_length):
+            return builder, None
+        builder.closed = True
+        new = self._builders[blob_type] = self._new_builder(blob_type, stored_length)
+        return new, (builder if builder.writers == 0 and len(builder) else None)
+
+    def _recycle(self, data: memoryview) -> None:
+        """Keep a finished pack's buffer for a later pack (at most ``_SPARE`` of them)."""
+        buf = data.obj
+        data.release()
+        if len(buf) == self._capacity:  # not a huge tree's own buffer
+            with self._lock:
+                if len(self._spare) < _SPARE:
+                    self._spare.append(buf)
+
     def _ship(self, builder: PackBuilder) -> None:
         """Seal the pack and hand it to the upload pool (blocks while too many are queued)."""
+        if builder.broken:
+            return  # a slot was never filled; the saver has failed already
         pack_id_hex, data, entries = builder.finish(self.repo.key)
         self._upload_slots.acquire()
         with self._lock:
@@ -163,7 +216,8 @@ class BlobSaver:
             self._done()
             raise
 
-    def _upload(self, blob_type: int, pack_id_hex: str, data: bytes, entries: list[BlobEntry]) -> None:
+    def _upload(self, blob_type: int, pack_id_hex: str, data: memoryview,
+                entries: list[BlobEntry]) -> None:
         try:
             name = pack_name(pack_id_hex)
             self.repo.backend.put(name, data, bulk=(blob_type == BLOB_DATA))
@@ -181,6 +235,7 @@ class BlobSaver:
                 self._on_pack(blob_type, len(data))
             if batch_ready:
                 self._write_index()
+            self._recycle(data)
         except BaseException as exc:
             self._fail(exc)
         finally:
@@ -220,7 +275,7 @@ class BlobSaver:
         for blob_type in (BLOB_DATA, BLOB_TREE):
             with self._lock:
                 builder = self._builders[blob_type]
-                self._builders[blob_type] = PackBuilder(blob_type)
+                self._builders[blob_type] = self._new_builder(blob_type)
             if len(builder):
                 self._ship(builder)
         self._wait_idle()

@@ -16,6 +16,7 @@ Construction (specified byte by byte in docs/format.md):
 
 from __future__ import annotations
 
+import mmap
 import os
 import secrets
 from dataclasses import dataclass
@@ -84,6 +85,22 @@ class MasterKey:
         if _openssl.AVAILABLE and len(plaintext) >= _OPENSSL_MIN:
             return _openssl.xchacha_seal(self.enc_key, nonce, plaintext, aad)
         return nonce + _aead_encrypt(bytes(plaintext), aad, nonce, self.enc_key)
+
+    def seal_into(self, out: bytearray | mmap.mmap, offset: int, plaintext: bytes | memoryview,
+                  aad: bytes) -> None:
+        """``seal`` written into ``out[offset:offset + len(plaintext) + OVERHEAD]``.
+
+        Large objects are encrypted straight into ``out`` with the GIL released (no sealed
+        copy to allocate and then copy again); several threads may fill disjoint parts of
+        one buffer at once."""
+        end = offset + len(plaintext) + OVERHEAD
+        if offset < 0 or end > len(out):
+            raise ValueError("sealed object does not fit the buffer")
+        if _openssl.gil_free(len(plaintext)):
+            _openssl.xchacha_seal_into(self.enc_key, os.urandom(NONCE_SIZE), plaintext, aad,
+                                       out, offset)
+        else:
+            out[offset:end] = self.seal(plaintext, aad)
 
     def open(self, sealed: bytes | memoryview, aad: bytes, what: str = "object") -> bytes:
         """Decrypt and authenticate; raises IntegrityError naming ``what`` on any failure."""

@@ -11,6 +11,7 @@ headers is a byte copy (see docs/format.md).
 
 from __future__ import annotations
 
+import mmap
 import struct
 import threading
 from dataclasses import dataclass
@@ -75,14 +76,22 @@ class BlobCodec:
             d = self._local.d = zstandard.ZstdDecompressor()
         return d
 
-    def encode(self, blob_type: int, blob_id: bytes, data: bytes | memoryview) -> tuple[bytes, int]:
-        """Return (stored bytes, compression). Raw is kept when zstd does not make it smaller."""
-        comp = COMP_NONE
-        payload = data
+    def compress(self, data: bytes | memoryview) -> tuple[bytes | memoryview, int]:
+        """(payload, compression): raw is kept when zstd does not make it smaller."""
         if self.level > 0 and len(data) > 64:
             packed = self._cctx().compress(data)
             if len(packed) < len(data):
-                payload, comp = packed, COMP_ZSTD
+                return packed, COMP_ZSTD
+        return data, COMP_NONE
+
+    def seal_into(self, out: bytearray | mmap.mmap, offset: int, blob_type: int, blob_id: bytes,
+                  payload: bytes | memoryview) -> None:
+        """Encrypt a ``compress``ed payload into ``out[offset:offset + len + OVERHEAD]``."""
+        self.key.seal_into(out, offset, payload, blob_aad(blob_type, blob_id))
+
+    def encode(self, blob_type: int, blob_id: bytes, data: bytes | memoryview) -> tuple[bytes, int]:
+        """Return (stored bytes, compression)."""
+        payload, comp = self.compress(data)
         return self.key.seal(payload, blob_aad(blob_type, blob_id)), comp
 
     def decode(self, entry: BlobEntry, stored: bytes, what: str = "blob") -> bytes:
@@ -110,36 +119,74 @@ def decode_records(raw: bytes | memoryview, what: str) -> list[BlobEntry]:
     return [BlobEntry(*fields[:6]) for fields in RECORD.iter_unpack(raw)]
 
 
-class PackBuilder:
-    """Accumulates encoded blobs of one type in memory until the pack is finished.
+# Room a pack buffer keeps for its header (a pack closes early rather than overflow it).
+HEADER_ROOM = 1024 * 1024
+_HEADER_FIXED = 1 + OVERHEAD + _TRAILER.size  # version byte, seal overhead, length
 
-    Blobs are appended to one bytearray: growing it reallocates in place (large blocks are
-    remapped, not copied), and the finished pack needs no second, joined copy.
+
+class PackBuilder:
+    """One pack of one blob type being filled in a fixed-size buffer.
+
+    Writers ``reserve`` a slot under the caller's lock, then fill it without the lock (the
+    blob saver encrypts straight into the slot, several threads at once); ``writers`` counts
+    slots not yet filled, and the pack may be finished only when it is zero. The buffer is
+    never resized while writers are active (their pointers would dangle): ``room`` says
+    whether a blob and the grown header still fit, and the caller starts a new pack if not.
     """
 
-    def __init__(self, blob_type: int) -> None:
+    def __init__(self, blob_type: int, capacity: int = 0, buf=None) -> None:
+        """``buf``: any fixed-size writable buffer (the blob saver passes anonymous mappings);
+        by default a bytearray of ``capacity`` that ``add`` may grow."""
         self.blob_type = blob_type
-        self.buf = bytearray()
+        self.buf = buf if buf is not None else bytearray(capacity)
+        self.used = 0
         self.entries: list[BlobEntry] = []
+        self.writers = 0  # reserved slots not yet filled (kept by the caller, under its lock)
+        self.closed = False  # no more reservations: finish once writers reach zero
+        self.broken = False  # a slot was never filled: the pack must not be written
 
     @property
     def size(self) -> int:
-        return len(self.buf)
+        return self.used
+
+    def room(self, stored_length: int) -> bool:
+        header = (len(self.entries) + 1) * RECORD_SIZE + _HEADER_FIXED
+        return self.used + stored_length + header <= len(self.buf)
+
+    def reserve(self, blob_id: bytes, stored_length: int, raw_length: int,
+                compression: int) -> int:
+        """Claim the next ``stored_length`` bytes for a blob; returns their offset."""
+        offset = self.used
+        self.entries.append(BlobEntry(blob_id, offset, stored_length, raw_length,
+                                      self.blob_type, compression))
+        self.used += stored_length
+        return offset
 
     def add(self, blob_id: bytes, stored: bytes, raw_length: int, compression: int) -> None:
-        self.entries.append(BlobEntry(blob_id, len(self.buf), len(stored), raw_length,
-                                      self.blob_type, compression))
-        self.buf += stored
+        """Reserve and fill in one step (single-threaded use); grows the buffer as needed."""
+        if not self.room(len(stored)):
+            self._grow(self.used + len(stored) + HEADER_ROOM)
+        offset = self.reserve(blob_id, len(stored), raw_length, compression)
+        self.buf[offset:offset + len(stored)] = stored
+
+    def _grow(self, size: int) -> None:
+        if size > len(self.buf):
+            self.buf += bytes(size - len(self.buf))
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def finish(self, key: MasterKey) -> tuple[str, bytearray, list[BlobEntry]]:
-        """Return (pack id, pack bytes, entries)."""
+    def finish(self, key: MasterKey) -> tuple[str, memoryview, list[BlobEntry]]:
+        """Return (pack id, pack bytes, entries). Only once every reserved slot is filled.
+
+        The pack bytes are a view of the start of the buffer (``view.obj``): trimming the
+        buffer instead would make it useless for reuse, as growing it back touches every page.
+        """
         header = key.seal(bytes((HEADER_VERSION,)) + encode_records(self.entries), AAD_PACK_HEADER)
-        data = self.buf
-        data += header
-        data += _TRAILER.pack(len(header))
+        end = self.used + len(header) + _TRAILER.size
+        self._grow(end)
+        self.buf[self.used:end] = header + _TRAILER.pack(len(header))
+        data = memoryview(self.buf)[:end]
         self.buf = bytearray()
         return storage_id(data), data, self.entries
 

@@ -443,3 +443,39 @@ def test_duplicate_and_unused_blobs_are_counted_as_information(env, monkeypatch,
     assert info["blobs_duplicate"].count == 1
     assert info["blobs_unused"].count == 2
 
+
+def test_pack_with_a_slot_left_unfilled_is_never_written(env, monkeypatch):
+    """Encoders fill their reserved slots of one pack in parallel and the last one to finish
+    ships it. If a slot's encryption fails while another writer is still busy, that writer
+    must not ship the pack with a hole in it (every pack written decodes fully)."""
+    import time
+
+    from dedupe.packs import parse_pack
+
+    src, repo_dir, cache = env
+    repo = open_repo(repo_dir, cache)
+    before = set(packs_of(repo_dir))
+    saver = repo.new_saver()
+    saver.pack_size = 150_000  # the second 100 kB blob fills the pack
+    rnd = random.Random(3)
+    slow, failing = rnd.randbytes(100_000), rnd.randbytes(100_000)
+    slow_id, failing_id = repo.key.blob_id(slow), repo.key.blob_id(failing)
+    real = saver.codec.seal_into
+
+    def seal_into(out, offset, blob_type, blob_id, payload):
+        if blob_id == failing_id:
+            raise OSError("simulated encryption failure")
+        time.sleep(0.5)  # still writing when the other slot has failed
+        real(out, offset, blob_type, blob_id, payload)
+
+    monkeypatch.setattr(saver.codec, "seal_into", seal_into)
+    saver.save(BLOB_DATA, slow_id, slow)
+    saver.save(BLOB_DATA, failing_id, failing)
+    with pytest.raises(OSError, match="simulated"):
+        saver.flush()
+    saver.close()
+    for path in sorted(set(packs_of(repo_dir)) - before):
+        with open(path, "rb") as f:
+            pack = f.read()
+        for entry in parse_pack(repo.key, pack, path):
+            repo.codec.decode(entry, pack[entry.offset:entry.offset + entry.length])
