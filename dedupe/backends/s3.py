@@ -318,8 +318,8 @@ class S3Backend:
         if view.nbytes > self.multipart_threshold:
             self._put_multipart(name, view, extra)
             return
-        # botocore sends (and re-sends, on a retry) bytes or a bytearray as they are; a
-        # finished pack is a bytearray nobody changes, so no 16 MiB copy per upload.
+        # botocore sends (and re-sends, on a retry) bytes or a bytearray as they are; other
+        # buffers (the blob saver's packs are views of reusable pack buffers) are copied once.
         body = data if isinstance(data, (bytes, bytearray)) else view.tobytes()
         md5 = _md5_b64(body)
         if self._conditional is not False:
