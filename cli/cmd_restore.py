@@ -11,6 +11,7 @@ from dedupe.restorer import OVERWRITE_MODES, Restorer, RestoreOptions, RestorePr
 
 from .app import App, UsageError, pass_app
 from .errors import EXIT_ERROR
+from .malloc import tune_malloc_for_reading
 from .progress import LiveLine, Ticker
 from .selection import filter_options, make_filter, split_snapshot_arg
 from .sizes import format_size
@@ -56,6 +57,8 @@ def command(app: App, snapshot, target, include, iinclude, exclude, iexclude, ve
     if app.is_remote:  # fewer, larger GETs and as many in flight as --s3-connections allows
         opts.workers = app.backend_options.get("connections", 5)
         opts.max_read = 128 * 1024 * 1024
+    else:  # not for S3: its reads of up to 128 MiB per connection would stay in the heap
+        tune_malloc_for_reading()
     progress = RestoreProgress()
     restorer = Restorer(repo, opts, progress=progress, on_warning=app.warn)
     if not app.quiet and not app.json and sys.stderr.isatty() and not dry_run:

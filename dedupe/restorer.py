@@ -366,7 +366,7 @@ class Restorer:
                 self._write_blob(plain, blobs[bid])
 
     def _write_blob(self, plain: bytes, places: list) -> None:
-        skip_zeros = self.opts.sparse and not plain.strip(b"\0")
+        skip_zeros = self.opts.sparse and plain.count(0) == len(plain)  # (strip would copy)
         for item, offset in places:
             if not skip_zeros:
                 try:
