@@ -2,14 +2,17 @@
 
 Three phases, so every pack is read once and only for the byte ranges needed:
 
-1. Plan (one thread): walk the snapshot, create directories, create every regular file at its
-   final size (holes come for free), make symlinks, FIFOs, device nodes and hard links, and
-   record for every needed blob the (file, offset) places it goes to, grouped by pack.
+1. Plan (one thread): walk the snapshot, create directories, remove what stands where a file
+   goes, create files with holes or hard links at their final size (holes come for free), make
+   symlinks, FIFOs, device nodes and hard links, and record for every needed blob the
+   (file, offset) places it goes to, grouped by pack.
 2. Fill (a thread pool): for each pack, fetch the needed ranges (neighbouring blobs coalesced
-   into one request), decrypt and verify each blob and ``pwrite`` it to all its places.
-   Decryption, decompression and writes release the GIL, so this scales across cores.
-3. Finish: file metadata (owner, mode, xattrs, times), then directories deepest first, because
-   writing into a directory changes its mtime.
+   into one request), decrypt and verify each blob and ``pwrite`` it to all its places; a file
+   made only of blobs is created by the first one written. Decryption, decompression, file
+   creation and writes release the GIL, so this scales across cores.
+3. Finish: a file whose blobs could not all be read is given its full size; file metadata
+   (owner, mode, xattrs, times), then directories deepest first, because writing into a
+   directory changes its mtime.
 """
 
 from __future__ import annotations
@@ -69,7 +72,14 @@ class _Item:
     path: bytes
     node: Node
     remaining: int = 0  # blobs still to write
+    size: int = 0
+    # Created by the first blob written to it, in the parallel phase (see _create_file).
+    lazy: bool = False
 
+
+# Opening a planned file to write a blob: never through a symlink put there since the plan.
+_REOPEN = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CREATE = _REOPEN | os.O_CREAT
 
 _METADATA = ("type", "uid", "gid", "mode", "xattrs", "mtime", "atime")
 
@@ -278,12 +288,22 @@ class Restorer:
         # get them; found by the round-trip property test).
         if existing is not None:
             _remove(dest)
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        parts = node.get("content") or ()
+        item = _Item(dest, node, size=size)
+        # A file made only of blobs, not hard-linked, is created by the first of its blobs to
+        # be written (open with O_CREAT in the thread pool): it grows to its size by itself,
+        # and this single thread does not open, truncate and close every file just so the
+        # pool can open it again.
+        # (Not with --sparse: a zero blob is skipped, so it could not create or grow the file.)
+        item.lazy = bool(parts) and node.get("links", 1) == 1 and not self.opts.sparse and \
+            not any(isinstance(part, int) for part in parts)
+        fd = None if item.lazy else \
+            os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            os.ftruncate(fd, size)
-            item = _Item(dest, node)
+            if fd is not None:
+                os.ftruncate(fd, size)
             offset = 0
-            for part in node.get("content") or ():
+            for part in parts:
                 if isinstance(part, int):  # a hole
                     if not self.opts.sparse:
                         self._write_zeros(fd, offset, part)
@@ -300,7 +320,8 @@ class Restorer:
                 item.remaining += 1
                 offset += loc.raw_length
         finally:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
         if node.get("links", 1) > 1:
             self._links[link_key] = dest
         if not self.opts.verify:  # planned: only metadata is needed from here on
@@ -351,7 +372,9 @@ class Restorer:
             try:
                 data = self.repo.backend.get(name, start, end - start)
             except Exception as exc:
-                self._warn(f"cannot read {name}: {exc}")
+                paths = dict.fromkeys(os.fsdecode(i.path) for b in group for i, _ in blobs[b])
+                self._warn(f"cannot read {name}: {exc}; affected: " + ", ".join(list(paths)[:3])
+                           + (f" and {len(paths) - 3} more" if len(paths) > 3 else ""))
                 continue
             view = memoryview(data)
             for bid in group:
@@ -370,7 +393,7 @@ class Restorer:
         for item, offset in places:
             if not skip_zeros:
                 try:
-                    fd = os.open(item.path, os.O_WRONLY | os.O_CLOEXEC)
+                    fd = os.open(item.path, _CREATE if item.lazy else _REOPEN, 0o600)
                     try:
                         os.pwrite(fd, plain, offset)
                     finally:
@@ -406,6 +429,12 @@ class Restorer:
     def _finish_files(self) -> None:
         for item in self._files:
             try:
+                if item.lazy and item.remaining:  # blobs were lost: the file at full size
+                    fd = os.open(item.path, _CREATE, 0o600)
+                    try:
+                        os.ftruncate(fd, item.size)
+                    finally:
+                        os.close(fd)
                 self._apply_metadata(item.path, item.node)
             except OSError as exc:
                 self._warn(f"{os.fsdecode(item.path)}: {exc.strerror}")

@@ -93,3 +93,47 @@ def test_restoring_over_a_file_leaves_none_of_its_extended_attributes(tmp_path):
     assert restorer.warnings == []
     assert out.read_bytes() == b"new, no xattrs"
     assert os.listxattr(out) == []
+
+
+@pytest.mark.parametrize("lost", ["first", "all"])
+def test_file_with_lost_blobs_is_still_restored_at_full_size(tmp_path, lost):
+    """Files made only of blobs are created by their first blob written (in the thread
+    pool). If a pack is gone, the file must still exist at its full size, with the blobs
+    that could be read in place and a warning naming it, as when files were created first."""
+    from dedupe.config import Config
+    from dedupe.packs import BLOB_DATA
+    from dedupe.backends.base import pack_name
+    from dedupe.walker import find_node
+
+    src = tmp_path / "src"
+    src.mkdir()
+    blocks = [bytes([65 + i]) * 50_000 + os.urandom(30_000) for i in range(6)]
+    (src / "big.bin").write_bytes(b"".join(blocks))
+    repo_dir = tmp_path / "repo"
+    repo = Repository.init(LocalBackend(str(repo_dir)), b"pw", Config(chunk_min=4096,
+                           chunk_avg=16384, chunk_max=65536), kdf=KdfParams(1, 8 << 20),
+                           cache_root=str(tmp_path / "cache"))
+    saver = repo.new_saver
+    repo.new_saver = lambda **kw: _one_blob_packs(saver(**kw))
+    snap = Archiver(repo).backup([str(src)]).snapshot
+    content = find_node(repo, snap.tree, str(src / "big.bin"))["content"]
+    assert len(content) >= 3
+    victims = content[:1] if lost == "first" else content
+    for blob in victims:
+        loc = repo.index.lookup(blob, BLOB_DATA)
+        (repo_dir / pack_name(loc.pack_id.hex())).unlink(missing_ok=True)
+    warnings = []
+    Restorer(repo, on_warning=warnings.append).restore(snap, str(tmp_path / "t"))
+    out = tmp_path / "t" / str(src).lstrip("/") / "big.bin"
+    original = (src / "big.bin").read_bytes()
+    assert out.stat().st_size == len(original)
+    assert any("big.bin" in w for w in warnings)
+    if lost == "first":  # the blobs still there are in place
+        first = repo.index.lookup(content[0], BLOB_DATA).raw_length
+        assert out.read_bytes()[first:] == original[first:]
+        assert out.read_bytes()[:first] == bytes(first)
+
+
+def _one_blob_packs(saver):
+    saver.pack_size = 4096  # every data blob in a pack of its own
+    return saver
