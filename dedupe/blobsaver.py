@@ -182,7 +182,8 @@ class BlobSaver:
         buf = self._spare.pop() if self._spare else mmap.mmap(-1, self._capacity)
         return PackBuilder(blob_type, buf=buf)
 
-    def _builder_for(self, blob_type: int, stored_length: int) -> tuple[PackBuilder, PackBuilder | None]:
+    def _builder_for(self, blob_type: int,
+                     stored_length: int) -> tuple[PackBuilder, PackBuilder | None]:
         """(the open pack with room for the blob, a pack closed for lack of room or None).
         Called under the lock."""
         builder = self._builders[blob_type]

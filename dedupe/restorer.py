@@ -51,7 +51,9 @@ class RestoreOptions:
     dry_run: bool = False
     verify: bool = False
     owners: bool | None = None  # None: restore ownership only when running as root
-    workers: int = 3
+    # Packs in flight. On two cores 4 beat 3 by ~4% (a 2 GB restore: 5.2 -> 5.0 s): the
+    # writes spend their time in the kernel, without the GIL.
+    workers: int = 4
     # Largest coalesced read: bounds memory per worker. Remote stores want it large (each
     # request costs money and latency), local disks small (memory matters more).
     max_read: int = 4 * 1024 * 1024
