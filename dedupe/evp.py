@@ -58,9 +58,11 @@ class _Pinned:
 
     __slots__ = ("view",)
 
-    def __init__(self, obj) -> None:
+    def __init__(self, obj, writable: bool = False) -> None:
         self.view = _PyBuffer()
-        if _get_buffer(obj, ctypes.byref(self.view), 0):  # PyBUF_SIMPLE: C-contiguous bytes
+        # PyBUF_SIMPLE (C-contiguous bytes), with PyBUF_WRITABLE when we write into it: a
+        # bytes object then raises instead of being changed in place.
+        if _get_buffer(obj, ctypes.byref(self.view), 1 if writable else 0):
             raise BufferError("object does not expose a contiguous buffer")
 
     @property
@@ -73,6 +75,20 @@ class _Pinned:
 
 def _address(fresh: bytes) -> int:
     return ctypes.cast(fresh, _p).value
+
+
+class _Context:
+    """An EVP_CIPHER_CTX, freed with its holder (a thread-local: when the thread ends)."""
+
+    __slots__ = ("ctx", "_free")
+
+    def __init__(self, ctx: int | None, free) -> None:
+        if not ctx:
+            raise MemoryError("EVP_CIPHER_CTX_new failed")
+        self.ctx, self._free = ctx, free
+
+    def __del__(self) -> None:
+        self._free(self.ctx)
 
 
 class ChaChaPoly:
@@ -98,15 +114,15 @@ class ChaChaPoly:
         self._ctrl.restype, self._ctrl.argtypes = _i, [_p, _i, _i, _p]
         self._final = held.EVP_CipherFinal_ex
         self._final.restype, self._final.argtypes = _i, [_p, _p, ctypes.POINTER(_i)]
+        self._free = held.EVP_CIPHER_CTX_free
+        self._free.restype, self._free.argtypes = None, [_p]
         self._local = threading.local()
 
     def _ctx(self) -> int:
-        ctx = getattr(self._local, "ctx", None)
-        if ctx is None:  # one per thread, for the thread's life (a few hundred bytes)
-            ctx = self._local.ctx = self._new()
-            if not ctx:
-                raise MemoryError("EVP_CIPHER_CTX_new failed")
-        return ctx
+        holder = getattr(self._local, "ctx", None)
+        if holder is None:  # one per thread, freed when the thread ends
+            holder = self._local.ctx = _Context(self._new(), self._free)
+        return holder.ctx
 
     def _start(self, key: bytes, nonce12: bytes, aad: bytes, encrypt: int) -> tuple[int, "_i"]:
         ctx, n = self._ctx(), _i(0)
@@ -130,7 +146,7 @@ class ChaChaPoly:
         threads may fill other parts of the same buffer meanwhile."""
         if offset < 0 or offset + len(prefix) + len(data) + TAG > len(out):
             raise ValueError("sealed object does not fit the buffer")
-        dst = _Pinned(out)
+        dst = _Pinned(out, writable=True)
         try:
             self._seal_at(dst.address + offset, key, nonce12, prefix, data, aad)
         finally:
