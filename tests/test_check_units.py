@@ -74,6 +74,22 @@ def test_gil_free_route_matches_libsodium(size, ad, flip, pad):
     assert aead.xchacha_open(key.enc_key, sealed, ad + b"x") is None
 
 
+def test_seal_into_writes_the_same_bytes_in_place_and_refuses_immutable_buffers():
+    import mmap
+
+    key = MasterKey.generate()
+    message = random.Random(9).randbytes(aead.GIL_FREE_MIN + 123)
+    nonce = random.Random(10).randbytes(24)
+    out = mmap.mmap(-1, len(message) + 100)
+    aead.xchacha_seal_into(key.enc_key, nonce, message, b"ad", out, 7)
+    sealed = aead.xchacha_seal(key.enc_key, nonce, message, b"ad")
+    assert out[7:7 + len(sealed)] == sealed and out[:7] == bytes(7)
+    with pytest.raises(BufferError):
+        aead.xchacha_seal_into(key.enc_key, nonce, message, b"ad", bytes(len(out)), 0)
+    with pytest.raises(ValueError):  # does not fit
+        key.seal_into(bytearray(len(message)), 0, message, b"ad")
+
+
 @pytest.mark.skipif(not aead.AVAILABLE, reason="cryptography not installed")
 @settings(max_examples=30, deadline=None)
 @given(st.binary(min_size=32, max_size=32), st.binary(min_size=16, max_size=16))
