@@ -83,6 +83,13 @@ class _Item:
 _REOPEN = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CREATE = _REOPEN | os.O_CREAT
 
+def _affected(places) -> str:
+    """'affected: a, b, c and N more' for (item, offset) places, each file named once."""
+    paths = list(dict.fromkeys(os.fsdecode(item.path) for item, _ in places))
+    more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+    return "affected: " + ", ".join(paths[:3]) + more
+
+
 _METADATA = ("type", "uid", "gid", "mode", "xattrs", "mtime", "atime")
 
 
@@ -299,8 +306,7 @@ class Restorer:
         # (Not with --sparse: a zero blob is skipped, so it could not create or grow the file.)
         item.lazy = bool(parts) and node.get("links", 1) == 1 and not self.opts.sparse and \
             not any(isinstance(part, int) for part in parts)
-        fd = None if item.lazy else \
-            os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = None if item.lazy else os.open(dest, _CREATE | os.O_TRUNC, 0o600)
         try:
             if fd is not None:
                 os.ftruncate(fd, size)
@@ -374,9 +380,8 @@ class Restorer:
             try:
                 data = self.repo.backend.get(name, start, end - start)
             except Exception as exc:
-                paths = dict.fromkeys(os.fsdecode(i.path) for b in group for i, _ in blobs[b])
-                self._warn(f"cannot read {name}: {exc}; affected: " + ", ".join(list(paths)[:3])
-                           + (f" and {len(paths) - 3} more" if len(paths) > 3 else ""))
+                self._warn(f"cannot read {name}: {exc}; "
+                           + _affected(place for b in group for place in blobs[b]))
                 continue
             view = memoryview(data)
             for bid in group:
@@ -385,8 +390,7 @@ class Restorer:
                     stored = view[loc.offset - start:loc.offset - start + loc.length]
                     plain = codec.decode(loc.entry(bid), stored, f"blob {bid.hex()[:16]} in {name}")
                 except Exception as exc:
-                    places = blobs[bid]
-                    self._warn(f"{exc}; affected: " + ", ".join(os.fsdecode(i.path) for i, _ in places[:3]))
+                    self._warn(f"{exc}; " + _affected(blobs[bid]))
                     continue
                 self._write_blob(plain, blobs[bid])
 
