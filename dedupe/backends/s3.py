@@ -180,10 +180,10 @@ def _md5_b64(data: bytes | memoryview) -> str:
 
 
 class _ViewReader(io.RawIOBase):
-    """A read-only, seekable file over a buffer. botocore sends bytes and bytearrays as they
-    are but copies nothing else; the blob saver's packs are views of reused pack buffers,
-    and a 16 MiB copy per upload in flight cost ~50 MB of peak memory. A file it reads in
-    blocks (and seeks back to the start of on a retry)."""
+    """A read-only, seekable file over a buffer. botocore takes bytes and bytearrays as they
+    are but nothing else; the blob saver's packs are views of reused pack buffers, and a
+    16 MiB copy per upload in flight cost ~50 MB of peak memory. A file, botocore reads in
+    blocks, and seeks back to its start on a retry."""
 
     def __init__(self, view: memoryview) -> None:
         super().__init__()
@@ -216,11 +216,9 @@ class _ViewReader(io.RawIOBase):
         return len(self._view)
 
 
-def _body(data: bytes | bytearray | memoryview):
-    """What to hand botocore as a PUT body without copying ``data``."""
-    if isinstance(data, (bytes, bytearray)):
-        return data
-    return _ViewReader(memoryview(data).cast("B"))
+def _body(data: bytes | bytearray | memoryview, view: memoryview):
+    """What to hand botocore as a PUT body without copying ``data`` (``view``: its bytes)."""
+    return data if isinstance(data, (bytes, bytearray)) else _ViewReader(view)
 
 
 class S3Backend:
@@ -366,8 +364,9 @@ class S3Backend:
         md5 = _md5_b64(view)
         if self._conditional is not False:
             try:
-                self._client.put_object(Bucket=self.bucket, Key=self._key(name), Body=_body(data),
-                                        ContentMD5=md5, IfNoneMatch="*", **extra)
+                self._client.put_object(Bucket=self.bucket, Key=self._key(name),
+                                        Body=_body(data, view), ContentMD5=md5,
+                                        IfNoneMatch="*", **extra)
                 self._bucket_known = True
                 return
             except ClientError as exc:
@@ -380,8 +379,8 @@ class S3Backend:
         if self._exists(name):
             raise AlreadyExists(f"object exists: {self._errors.where(name)}", name)
         try:
-            self._client.put_object(Bucket=self.bucket, Key=self._key(name), Body=_body(data),
-                                    ContentMD5=md5, **extra)
+            self._client.put_object(Bucket=self.bucket, Key=self._key(name),
+                                    Body=_body(data, view), ContentMD5=md5, **extra)
         except (ClientError, BotoCoreError) as exc:
             raise self._put_error(exc, name, extra) from None
 
