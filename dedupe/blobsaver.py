@@ -20,12 +20,12 @@ slots are being filled, and ``_SPARE`` finished pack buffers kept for reuse.
 
 from __future__ import annotations
 
-import mmap
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from .backends.base import pack_name
+from .chunker import Segment, anonymous as _anonymous
 from .crypto import OVERHEAD
 from .packs import BLOB_DATA, BLOB_TREE, HEADER_ROOM, BlobCodec, BlobEntry, PackBuilder
 
@@ -34,6 +34,13 @@ SMALL_BLOB = 64 * 1024  # blobs below this size are encoded in batches of ...
 SMALL_BATCH = 64  # ... this many blobs
 SMALL_BATCH_BYTES = 1024 * 1024  # ... or this many bytes
 _SPARE = 1  # finished pack buffers kept for reuse
+
+
+def _kept_as_is(data: bytes | memoryview) -> bool:
+    if isinstance(data, bytes):
+        return True
+    owner = data.obj if isinstance(data, memoryview) else None
+    return isinstance(owner, bytes) or (isinstance(owner, Segment) and len(data) >= SMALL_BLOB)
 
 
 class BlobSaver:
@@ -85,8 +92,10 @@ class BlobSaver:
              force: bool = False) -> bool:
         """Queue a blob unless the repository has it already. Returns True if it was new.
 
-        ``data`` may be a view of a buffer the caller reuses: it is copied only when new
-        (a view of an immutable ``bytes`` object is kept as it is).
+        ``data`` may be a view of a buffer the caller reuses: it is copied only when new.
+        A view of an immutable ``bytes`` object is kept as it is, and so is a large view of a
+        chunker ``Segment`` (written once; a small one is copied, as it may wait in a batch
+        and would pin a whole window).
         ``force`` stores it even if the index has a copy (prune's repacking moves blobs).
         """
         self._raise_error()
@@ -101,8 +110,7 @@ class BlobSaver:
             # the lock (the archiver's unchanged-file test), so nobody sees it half rebuilt.
             if threading.get_ident() == self._owner:
                 self.repo.index.maybe_compact()
-        if not isinstance(data, bytes) and not (isinstance(data, memoryview)
-                                                and isinstance(data.obj, bytes)):
+        if not _kept_as_is(data):
             data = bytes(data)  # a view of a buffer the caller will reuse
         if len(data) < SMALL_BLOB:
             # Small blobs (trees, small files) travel in batches: one job, one thread
@@ -178,8 +186,8 @@ class BlobSaver:
         bytearray would be zero-filled whole), and a reused one when the blob fits (its
         pages are mapped already; filling fresh ones costs a page fault every 4 KiB)."""
         if stored_length + HEADER_ROOM > self._capacity:  # a huge tree: a buffer of its own
-            return PackBuilder(blob_type, buf=mmap.mmap(-1, stored_length + HEADER_ROOM))
-        buf = self._spare.pop() if self._spare else mmap.mmap(-1, self._capacity)
+            return PackBuilder(blob_type, buf=_anonymous(stored_length + HEADER_ROOM))
+        buf = self._spare.pop() if self._spare else _anonymous(self._capacity)
         return PackBuilder(blob_type, buf=buf)
 
     def _builder_for(self, blob_type: int,

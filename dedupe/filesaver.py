@@ -11,8 +11,8 @@ a job costs a queue round trip and a thread wake-up, more than reading a 4 KiB f
 
 Results come back in the order the files were queued; the archiver places them in the tree
 it is building. Files up to ``WHOLE_FILE_MAX`` are read in one piece and cut in place; larger
-ones stream through one shared chunker window (reused across files; ``save`` copies a chunk
-out of it only when the chunk is new).
+ones stream through chunker windows, one file at a time (new chunks are encoded straight out
+of the windows, which stay mapped while the encoders hold them; see chunker.py).
 """
 
 from __future__ import annotations
@@ -52,10 +52,10 @@ class FileSaver:
         cancelled = cancelled or (lambda: False)
         self._stop = False
         self._cancelled = lambda: self._stop or cancelled()
-        # One window for all readers: files larger than WHOLE_FILE_MAX are few, and a
-        # second 16 MiB window per reader would cost more memory than it buys time.
-        self._window = Chunker(chunk_min, chunk_avg, chunk_max)
-        self._window_lock = threading.Lock()
+        self._chunker = Chunker(chunk_min, chunk_avg, chunk_max)
+        # Large files are chunked one at a time: files larger than WHOLE_FILE_MAX are few,
+        # and a second stream's windows would cost more memory than they buy time.
+        self._stream_lock = threading.Lock()
         self.workers = max(1, workers)
         self._pool: ThreadPoolExecutor | None = None
         # Bounds the queued jobs (and so the paths and stats held for them).
@@ -99,7 +99,7 @@ class FileSaver:
         content = []
         whole = memoryview(data)
         pos = 0
-        for length in self._window.cuts(data, True):  # (cuts() uses no window)
+        for length in self._chunker.cuts(data, True):
             content.append(self._save(BLOB_DATA, whole[pos:pos + length]))
             pos += length
             if self._cancelled():
@@ -109,8 +109,8 @@ class FileSaver:
     def chunk_stream(self, f: BinaryIO, first: bytes = b"") -> tuple[list, int]:
         content = []
         total = 0
-        with self._window_lock:
-            for chunk in self._window.chunks(f, first):
+        with self._stream_lock:
+            for chunk in self._chunker.chunks(f, first):
                 content.append(self._save(BLOB_DATA, chunk))
                 total += len(chunk)
                 if self._cancelled():

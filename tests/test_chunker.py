@@ -1,11 +1,12 @@
-"""Streaming FastCDC: the windowed chunker must cut exactly where a whole-file run cuts, and a
-stream of any length must need only its window of memory."""
+"""Streaming FastCDC: the windowed chunker must cut exactly where a whole-file run cuts, its
+chunks must stay valid after later windows are read, and a stream of any length must need only
+the windows its kept chunks pin."""
 
 from __future__ import annotations
 
 import io
 import random
-import tracemalloc
+import weakref
 
 from fastcdc.fastcdc_cy import fastcdc_cy
 from hypothesis import given, settings
@@ -41,7 +42,10 @@ def whole_file_cuts(data: bytes) -> list[int]:
 
 def stream_cuts(data: bytes, window: int, sizes: list[int], first: int = 0) -> list[bytes]:
     chunker = Chunker(MIN, AVG, MAX, window=window)
-    return [bytes(c) for c in chunker.chunks(Trickle(data[first:], sizes), first=data[:first])]
+    # Every view is kept to the end: a later window must not overwrite an earlier chunk.
+    views = list(chunker.chunks(Trickle(data[first:], sizes), first=data[:first]))
+    assert all(v.readonly for v in views)
+    return [bytes(v) for v in views]
 
 
 # Data with repeats and runs (low-entropy stretches exercise the max-size cuts).
@@ -100,16 +104,25 @@ class Endless(io.RawIOBase):
         return n
 
 
-def test_memory_is_bounded_by_the_window():
+def test_memory_is_bounded_by_the_windows_still_referenced():
+    """Windows are unmapped once no chunk refers to them: a consumer that drops its chunks
+    needs at most two (the one being cut and the next being filled) however long the stream."""
     total, window = 64 * 1024 * 1024, 4 * 1024 * 1024
     chunker = Chunker(64 * 1024, 256 * 1024, 1024 * 1024, window=window)
-    tracemalloc.start()
-    try:
-        seen = 0
-        for chunk in chunker.chunks(Endless(total)):
-            seen += len(chunk)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    alive: weakref.WeakSet = weakref.WeakSet()
+    seen = most = 0
+    for chunk in chunker.chunks(Endless(total)):
+        alive.add(chunk.obj)
+        most = max(most, len(alive))
+        seen += len(chunk)
     assert seen == total
-    assert peak < 3 * window, peak  # 64 MiB went through a 4 MiB window
+    assert most <= 2, most  # 64 MiB went through 16 windows of 4 MiB
+
+
+def test_kept_chunks_pin_their_windows():
+    chunker = Chunker(64 * 1024, 256 * 1024, 1024 * 1024, window=4 * 1024 * 1024)
+    kept = list(chunker.chunks(Endless(16 * 1024 * 1024)))
+    alive = weakref.WeakSet(c.obj for c in kept)
+    assert len(alive) >= 4
+    del kept
+    assert len(alive) == 0

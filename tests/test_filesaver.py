@@ -3,8 +3,8 @@ blob saver: however many readers there are, a snapshot must hold exactly the sam
 hard link must point at content read once, and every queued blob must reach a pack.
 
 The source mixes every path the reader takes: batches of small files (more than one batch per
-directory), medium files read whole and cut in place, large files streamed through the shared
-window, and hard links whose first name sits in a directory still being read."""
+directory), medium files read whole and cut in place, large files streamed through chunker
+windows, and hard links whose first name sits in a directory still being read."""
 
 from __future__ import annotations
 
@@ -112,3 +112,33 @@ def test_small_blobs_queued_in_a_batch_reach_the_index_on_flush(repo):
     for bid, data in ids:
         assert repo.index.has(bid, BLOB_DATA)
         assert repo.load_blob(BLOB_DATA, bid) == data
+
+
+def test_chunk_views_of_a_window_are_kept_only_when_large(repo):
+    """The saver encodes a large chunk straight out of the chunker's window, so the window
+    stays mapped until then; a small chunk may wait in a batch and is copied instead, so it
+    does not pin a whole window."""
+    import weakref
+
+    from dedupe import blobsaver
+    from dedupe.chunker import Segment, anonymous
+
+    rng = random.Random(5)
+    small, large = rng.randbytes(1000), rng.randbytes(blobsaver.SMALL_BLOB + 1)
+    with repo.new_saver() as saver:
+        window = anonymous(len(small), Segment)
+        window[:] = small
+        alive = weakref.ref(window)
+        view = memoryview(window).toreadonly()
+        assert saver.save(BLOB_DATA, repo.key.blob_id(view), view)
+        del view, window
+        assert alive() is None  # copied: the batch does not hold the window
+
+        window = anonymous(len(large), Segment)
+        window[:] = large
+        view = memoryview(window).toreadonly()
+        assert saver.save(BLOB_DATA, repo.key.blob_id(view), view)
+        del view, window
+        saver.flush()
+    assert repo.load_blob(BLOB_DATA, repo.key.blob_id(small)) == small
+    assert repo.load_blob(BLOB_DATA, repo.key.blob_id(large)) == large
