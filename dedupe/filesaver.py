@@ -113,6 +113,7 @@ class FileSaver:
             for chunk in self._chunker.chunks(f, first):
                 content.append(self._save(BLOB_DATA, chunk))
                 total += len(chunk)
+                del chunk  # else it pins its window while the chunker refills it
                 if self._cancelled():
                     raise Interrupted("backup interrupted")
         return content, total
