@@ -51,8 +51,8 @@ def anonymous(size: int, kind: type[mmap.mmap] = mmap.mmap) -> mmap.mmap:
 
 
 class Segment(mmap.mmap):
-    """A chunker window: written once by the chunker, then only read. Views of it may be kept
-    (``BlobSaver.save`` keeps large ones instead of copying them)."""
+    """A chunker window. The chunker writes into it only while no view of it exists, so views
+    may be kept (``BlobSaver.save`` keeps large ones instead of copying them)."""
 
 
 def _refs(windows: list[Segment], i: int) -> int:
