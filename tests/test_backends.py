@@ -188,6 +188,9 @@ def test_large_object_goes_up_whole(repo_location, make_backend):
     after = request_counts(b)
     assert b.get("data/ab/" + "ab" * 32) == data
     assert b.get("data/ab/" + "ab" * 32, 5 * MiB - 10, 20) == data[5 * MiB - 10:5 * MiB + 10]
+    # ranges large enough that S3 reads the body a piece at a time
+    assert b.get("data/ab/" + "ab" * 32, MiB + 7, 3 * MiB + 5) == data[MiB + 7:4 * MiB + 12]
+    assert b.get("data/ab/" + "ab" * 32, 9 * MiB) == data[9 * MiB:]
     with pytest.raises(AlreadyExists):
         b.put("data/ab/" + "ab" * 32, data, bulk=True)
     if repo_location.is_s3:
@@ -769,3 +772,20 @@ def test_cli_missing_bucket_is_no_repository(repo_location):
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert proc.returncode == 10, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "does not exist" in proc.stderr
+
+
+def test_a_large_body_that_ends_early_is_an_error_not_zeros():
+    """A large GET body is read into a buffer of the announced size; if the connection ends
+    early, botocore's length check must fire instead of the zero-filled rest coming back."""
+    import io
+
+    from botocore.exceptions import IncompleteReadError
+    from botocore.response import StreamingBody
+
+    from dedupe.backends import s3
+
+    whole = os.urandom(3 * s3._PIECE + 11)
+    assert s3._read_body(StreamingBody(io.BytesIO(whole), len(whole)), len(whole)) == whole
+    short = StreamingBody(io.BytesIO(whole[:-5]), len(whole))
+    with pytest.raises(IncompleteReadError):
+        s3._read_body(short, len(whole))

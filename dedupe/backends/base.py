@@ -18,7 +18,8 @@ Contract (each method states what callers may rely on):
   (after a crash the object either exists whole or not at all). ``bulk=True`` marks a data pack:
   a backend may store it in a cheaper storage class. Returns once the object is durable.
 - ``get(name, offset=0, length=None)`` returns the whole object, or ``length`` bytes from
-  ``offset`` (fewer only if the object ends first). Raises ``NotFound``.
+  ``offset`` (fewer only if the object ends first), as ``bytes`` or, for large reads, a
+  ``bytearray`` the caller owns. Raises ``NotFound``.
 - ``stat(name)`` returns the object's ``ObjectInfo``. Raises ``NotFound``.
 - ``list(namespace)`` yields ``ObjectInfo`` for every object whose name starts with
   ``namespace + "/"``, in no particular order. An empty or missing namespace yields nothing.
@@ -51,7 +52,8 @@ class Backend(Protocol):
 
     def put(self, name: str, data: bytes | memoryview, bulk: bool = False) -> None: ...
 
-    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes: ...
+    def get(self, name: str, offset: int = 0,
+            length: int | None = None) -> bytes | bytearray: ...
 
     def stat(self, name: str) -> ObjectInfo: ...
 
