@@ -789,3 +789,13 @@ def test_a_large_body_that_ends_early_is_an_error_not_zeros():
     short = StreamingBody(io.BytesIO(whole[:-5]), len(whole))
     with pytest.raises(IncompleteReadError):
         s3._read_body(short, len(whole))
+
+    class Quiet:  # a body that just stops, without botocore's check
+        def __init__(self) -> None:
+            self.raw = io.BytesIO(whole[:-5])
+
+        def readinto(self, b) -> int:
+            return self.raw.readinto(b)
+
+    with pytest.raises(IncompleteReadError):
+        s3._read_body(Quiet(), len(whole))

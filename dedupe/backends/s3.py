@@ -50,7 +50,7 @@ import boto3
 import botocore.loaders
 import botocore.session
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, IncompleteReadError
 
 from ..errors import AlreadyExists, BackendConfigError, BackendError, NotFound
 from .base import NAMESPACES, ObjectInfo, check_name
@@ -236,10 +236,9 @@ def _read_body(body, size: int | None) -> bytes | bytearray:
     view = memoryview(buf)
     pos = 0
     while pos < size:
-        n = body.readinto(view[pos:pos + _PIECE])
+        n = body.readinto(view[pos:pos + _PIECE])  # (botocore raises at an early end)
         if not n:
-            body.read()  # at the end: botocore checks the length (and raises)
-            break
+            raise IncompleteReadError(actual_bytes=pos, expected_bytes=size)
         pos += n
     return buf
 
