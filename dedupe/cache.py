@@ -3,7 +3,8 @@
 Objects are immutable and named by the BLAKE3 hash of their bytes, so a cached file is valid
 exactly when its bytes still hash to its name: there is nothing to invalidate, only damage to
 detect (and then the entry is dropped and fetched again). Entries of objects deleted from the
-repository are removed by ``prune_namespace`` when a listing shows they are gone.
+repository are removed by ``prune_namespace`` when a listing (index, snapshots) or the loaded
+index (tree packs) shows they are gone.
 
 Location: ``$SNAP_CACHE_DIR`` or ``$XDG_CACHE_HOME/snap`` or ``~/.cache/snap``, then one
 directory per repository id.

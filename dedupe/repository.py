@@ -306,6 +306,11 @@ class Repository:
             for pack_id, records in body["packs"]:
                 index.add_pack_records(pack_id, records)
         index.maybe_compact()  # small repositories stay in a dict (no numpy import)
+        if self.cache is not None:
+            # Tree packs another client's prune deleted (this client's own prune removes
+            # its entries as it goes). As restic does; a pack a concurrent backup in another
+            # process cached but has not indexed yet is only fetched again when needed.
+            self.cache.prune_namespace("data", {pack_name(p.hex()) for p in index.packs()})
         return index
 
     def write_index(self, packs: Iterable[tuple[bytes, list[BlobEntry]]],

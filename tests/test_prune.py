@@ -356,3 +356,36 @@ def test_unchanged_directories_do_not_keep_trees_in_marked_packs(repo, tmp_path)
     for bid in used_blobs(check, [result.snapshot]):
         if check.index.lookup(bid).type == BLOB_TREE:
             assert check.index.has(bid, BLOB_TREE), f"tree {bid.hex()[:12]} only in a marked pack"
+
+
+def test_tree_packs_another_clients_prune_deleted_leave_this_clients_cache(repo, tmp_path):
+    """Client A prunes; client B (own cache) still holds the deleted tree packs. Loading the
+    index drops them from B's cache and keeps the cached packs that are still in use."""
+    src = str(tmp_path / "src")
+    rnd = random.Random(4)
+    snaps = []
+    for i in range(3):
+        write_round(src, rnd, i)
+        snaps.append(Archiver(repo).backup([src]).snapshot)
+    b_cache = str(tmp_path / "cache-b")
+    b = Repository.open(LocalBackend(str(tmp_path / "repo")), b"pw", cache_root=b_cache)
+    Restorer(b).restore(b.load_snapshot(snaps[0].id), str(tmp_path / "out"))  # caches trees
+
+    def cached(root: str) -> set[str]:
+        top = os.path.join(root, b.config.id, "data")
+        return {os.path.relpath(os.path.join(d, f), os.path.join(root, b.config.id))
+                for d, _, files in os.walk(top) for f in files}
+
+    before = cached(b_cache)
+    assert before
+    repo.delete_snapshot(snaps[0].id)
+    repo.delete_snapshot(snaps[1].id)
+    result = Pruner(repo).run()
+    assert result.packs_deleted + result.packs_repacked > 0
+    b2 = Repository.open(LocalBackend(str(tmp_path / "repo")), b"pw", cache_root=b_cache)
+    live = {f"data/{p.hex()[:2]}/{p.hex()}" for p in b2.index.packs()}
+    after = cached(b_cache)
+    assert before - live, "the prune deleted none of the cached tree packs"
+    assert after == before & live
+    s = b2.load_snapshot(snaps[2].id)
+    Restorer(b2).restore(s, str(tmp_path / "out2"))  # what the cache lost is fetched again
