@@ -135,6 +135,7 @@ class Lock:
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
         self.lost = False
+        self._leftover: list[str] = []  # our replaced lock objects a delete failed to remove
 
     # -- acquisition
     def acquire_shared(self, wait: float = 600.0, poll: float = 2.0) -> list[LockInfo]:
@@ -200,10 +201,19 @@ class Lock:
                 self.info.id, self.info.time = old, old_time
                 self.lost = True
                 return
+            # The new object is written and valid. An old one whose delete fails only
+            # lingers until it goes stale (then everyone ignores it); deleting it is tried
+            # again at each refresh and at release.
+            self._leftover.append(old)
+            self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        for old in list(self._leftover):
             try:
                 remove_lock(self.repo, old)
             except Exception:
-                self.lost = True
+                continue
+            self._leftover.remove(old)
 
     def check(self) -> None:
         """Raise unless our lock stayed valid: never stale (a suspended machine can miss
@@ -222,6 +232,7 @@ class Lock:
         if self._thread is not None:
             self._thread.join()
         with self._mutex:
+            self._remove_leftovers()
             if self.info.id:
                 try:
                     remove_lock(self.repo, self.info.id)

@@ -17,7 +17,7 @@ from dedupe.repository import Repository
 
 
 class FailingCalls(BackendWrapper):
-    """Raises BackendError for the next put or list on ``locks/`` once armed; every other
+    """Raises BackendError for the next put, list or delete on ``locks/`` once armed; every other
     call reaches the directory (BackendWrapper delegates)."""
 
     def __init__(self, inner) -> None:
@@ -36,6 +36,10 @@ class FailingCalls(BackendWrapper):
     def list(self, namespace):
         self._maybe_fail("list", namespace)
         return self.inner.list(namespace)
+
+    def delete(self, name):
+        self._maybe_fail("delete", name)
+        return self.inner.delete(name)
 
 
 @pytest.fixture
@@ -59,6 +63,26 @@ def test_failed_refresh_keeps_the_lock_release_removes(repo):
     assert lock.lost
     assert lock_objects(repo) == held  # the old lock is still there, and still ours
     lock.release()
+    assert lock_objects(repo) == []
+
+
+def test_refresh_whose_old_object_cannot_be_deleted_keeps_a_valid_lock(repo):
+    """The new lock object is written: the lock is not lost (a backup must not fail over
+    it). The old object is removed at the next refresh, and everything at release."""
+    lock = Lock(repo, SHARED, "backup")
+    lock.acquire_shared()
+    first = lock_objects(repo)
+    repo.backend.fail.add("delete")
+    lock.refresh()
+    assert not lock.lost
+    lock.check()
+    assert len(lock_objects(repo)) == 2 and set(first) < set(lock_objects(repo))
+    lock.refresh()  # deletes the leftover, and replaces the current object
+    assert len(lock_objects(repo)) == 1 and not set(first) & set(lock_objects(repo))
+    repo.backend.fail.add("delete")
+    lock.refresh()  # a leftover again ...
+    assert len(lock_objects(repo)) == 2
+    lock.release()  # ... gone with the lock
     assert lock_objects(repo) == []
 
 
