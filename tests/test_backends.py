@@ -306,12 +306,14 @@ def test_permanent_refusals_fail_fast(repo_location, make_backend, operation, st
 def test_failed_multipart_upload_is_aborted(repo_location, make_backend):
     import botocore.exceptions
 
+    from dedupe.backends import s3
+
     b = make_backend(multipart_threshold=6 * MiB, part_size=5 * MiB)
     calls = []
 
-    def drop_second_part(**kwargs):  # the connection breaks while sending part 2
+    def drop_second_part(**kwargs):  # the connection breaks at every send of part 2
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) >= 2:
             raise botocore.exceptions.ConnectionClosedError(endpoint_url=repo_location.server.endpoint)
 
     b._client.meta.events.register("before-send.s3.UploadPart", drop_second_part)
@@ -319,8 +321,23 @@ def test_failed_multipart_upload_is_aborted(repo_location, make_backend):
         b.put("data/cd/" + "cd" * 32, os.urandom(12 * MiB), bulk=True)
     with pytest.raises(NotFound):
         b.stat("data/cd/" + "cd" * 32)
+    assert len(calls) == 1 + s3.PART_ATTEMPTS
     client = repo_location.server.client()
     assert not client.list_multipart_uploads(Bucket=repo_location.bucket).get("Uploads")
+
+
+@s3_only
+def test_a_part_that_fails_once_is_sent_again_alone(repo_location, make_backend):
+    b = make_backend(multipart_threshold=6 * MiB, part_size=5 * MiB)
+    name = "data/ce/" + "ce" * 32
+    data = os.urandom(12 * MiB + 5)
+    fail_first(b, "UploadPart", [(500, "InternalError")])
+    before = request_counts(b)
+    b.put(name, data, bulk=True)
+    after = request_counts(b)
+    assert after["PUT"] - before["PUT"] == 4  # three parts, one of them twice
+    assert after["other"] - before["other"] == 2  # one upload: create + complete
+    assert b.get(name) == data
 
 
 @s3_only

@@ -25,7 +25,9 @@ How the contract is kept on S3:
   aborted so its parts do not linger (and ``install_lifecycle_rule`` cleans up after crashes).
 - Retries: botocore's own retries are switched off (one attempt per call). The engine wraps the
   backend in ``RetryBackend`` (exponential backoff, full jitter), and two stacked retry layers
-  would multiply into retry storms and hide what really happened on the wire.
+  would multiply into retry storms and hide what really happened on the wire. The one
+  exception: a part of a multipart upload is sent up to ``PART_ATTEMPTS`` times, so a
+  transient failure repeats that part, not the whole object.
 
 Every HTTP request botocore sends (each attempt, each part, each HeadBucket probe) is counted
 by kind through its ``before-send`` event; see ``http_request_counts``.
@@ -40,6 +42,7 @@ import logging
 import os
 import re
 import threading
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -52,7 +55,7 @@ import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, IncompleteReadError
 
-from ..errors import AlreadyExists, BackendConfigError, BackendError, NotFound
+from ..errors import AlreadyExists, BackendConfigError, BackendError, NotFound, TransientError
 from .base import NAMESPACES, ObjectInfo, check_name
 from .s3_errors import ErrorMapper, error_code, is_not_implemented
 
@@ -65,6 +68,10 @@ MULTIPART_THRESHOLD = 32 * MiB
 PART_SIZE = 16 * MiB
 MIN_PART_SIZE = 5 * MiB  # S3's limit for every part but the last
 MAX_PARTS = 10_000
+#: Sends of one part before a transient failure fails the whole upload (the retry wrapper
+#: then starts it over); the pause doubles from _PART_PAUSE seconds.
+PART_ATTEMPTS = 3
+_PART_PAUSE = 0.2
 
 STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR")
 ARCHIVE_CLASSES = ("GLACIER", "DEEP_ARCHIVE")
@@ -429,10 +436,8 @@ class S3Backend:
             parts = []
             for number, offset in enumerate(range(0, view.nbytes, part_size), start=1):
                 chunk = view[offset:offset + part_size].tobytes()
-                reply = self._client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
-                                                 PartNumber=number, Body=chunk,
-                                                 ContentMD5=_md5_b64(chunk))
-                parts.append({"ETag": reply["ETag"], "PartNumber": number})
+                etag = self._upload_part(key, upload_id, number, chunk)
+                parts.append({"ETag": etag, "PartNumber": number})
             self._complete_multipart(key, upload_id, parts)
         except BaseException as exc:
             # Parts of an unfinished upload are invisible but billed: abort it (best effort;
@@ -441,6 +446,23 @@ class S3Backend:
             if isinstance(exc, (ClientError, BotoCoreError)):
                 raise self._put_error(exc, name, extra) from None
             raise
+
+    def _upload_part(self, key: str, upload_id: str, number: int, chunk: bytes) -> str:
+        """Send one part, again after a transient failure: the parts sent so far stay
+        valid, so only this one is repeated (not the whole object, up to pack size)."""
+        md5 = _md5_b64(chunk)
+        for attempt in range(PART_ATTEMPTS):
+            try:
+                return self._client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                PartNumber=number, Body=chunk,
+                                                ContentMD5=md5)["ETag"]
+            except (ClientError, BotoCoreError) as exc:
+                if attempt + 1 == PART_ATTEMPTS or \
+                        not isinstance(self._errors.map(exc, "put", None), TransientError):
+                    raise
+                log.info("part %d of %s failed (%s); sending it again", number, key, exc)
+                time.sleep(_PART_PAUSE * 2 ** attempt)
+        raise AssertionError("unreachable")
 
     def _complete_multipart(self, key: str, upload_id: str, parts: list[dict[str, Any]]) -> None:
         args = dict(Bucket=self.bucket, Key=key, UploadId=upload_id,
