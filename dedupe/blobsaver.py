@@ -92,8 +92,8 @@ class BlobSaver:
 
         ``data`` may be a view of a buffer the caller reuses: it is copied only when new.
         A view of an immutable ``bytes`` object is kept as it is, and so is a large view of a
-        chunker ``Segment`` (written once; a small one is copied, as it may wait in a batch
-        and would pin a whole window).
+        chunker ``Segment`` (never written while viewed; a small one is copied, as it may wait
+        in a batch and would keep a whole window from being reused).
         ``force`` stores it even if the index has a copy (prune's repacking moves blobs).
         """
         self._raise_error()

@@ -249,6 +249,7 @@ def _read_body(body, size: int | None) -> bytes | bytearray:
         pos += n
     return buf
 
+
 class S3Backend:
     """A repository under ``prefix`` in ``bucket``. Thread-safe; one connection pool."""
 
