@@ -94,8 +94,14 @@ def hchacha20(key: bytes, nonce16: bytes) -> bytes:
     return out.raw
 
 
+def _subkey(enc_key: bytes, nonce: bytes) -> tuple[bytes, bytes]:
+    """XChaCha20's (ChaCha20 key, 12-byte nonce) for a 24-byte ``nonce``."""
+    return hchacha20(enc_key, nonce[:16]), b"\0\0\0\0" + nonce[16:]
+
+
 def _subkey_and_nonce(enc_key: bytes, nonce: bytes) -> tuple["ChaCha20Poly1305", bytes]:
-    return ChaCha20Poly1305(hchacha20(enc_key, nonce[:16])), b"\0\0\0\0" + nonce[16:]
+    subkey, nonce12 = _subkey(enc_key, nonce)
+    return ChaCha20Poly1305(subkey), nonce12
 
 
 def gil_free(size: int) -> bool:
@@ -106,8 +112,7 @@ def gil_free(size: int) -> bool:
 def xchacha_seal(enc_key: bytes, nonce: bytes, plaintext, aad: bytes) -> bytes:
     """``nonce || ciphertext || tag`` for a 24-byte ``nonce``."""
     if gil_free(len(plaintext)):
-        subkey = hchacha20(enc_key, nonce[:16])
-        return _evp.seal(subkey, b"\0\0\0\0" + nonce[16:], nonce, plaintext, aad)
+        return _evp.seal(*_subkey(enc_key, nonce), nonce, plaintext, aad)
     aead, nonce12 = _subkey_and_nonce(enc_key, nonce)
     return nonce + aead.encrypt(nonce12, plaintext, aad)
 
@@ -116,16 +121,14 @@ def xchacha_seal_into(enc_key: bytes, nonce: bytes, plaintext, aad: bytes, out: 
                       offset: int) -> None:
     """Write ``nonce || ciphertext || tag`` into ``out`` at ``offset`` with the GIL released;
     only for sizes ``gil_free`` accepts."""
-    subkey = hchacha20(enc_key, nonce[:16])
-    _evp.seal_into(out, offset, subkey, b"\0\0\0\0" + nonce[16:], nonce, plaintext, aad)
+    _evp.seal_into(out, offset, *_subkey(enc_key, nonce), nonce, plaintext, aad)
 
 
 def xchacha_open(enc_key: bytes, sealed: bytes | memoryview, aad: bytes) -> bytes | None:
     """Decrypt ``nonce(24) || ciphertext || tag``; None when authentication fails."""
     nonce = bytes(sealed[:NONCE_SIZE])
     if gil_free(len(sealed)):
-        subkey = hchacha20(enc_key, nonce[:16])
-        return _evp.open(subkey, b"\0\0\0\0" + nonce[16:], memoryview(sealed)[NONCE_SIZE:], aad)
+        return _evp.open(*_subkey(enc_key, nonce), memoryview(sealed)[NONCE_SIZE:], aad)
     aead, nonce12 = _subkey_and_nonce(enc_key, nonce)
     try:
         return aead.decrypt(nonce12, memoryview(sealed)[NONCE_SIZE:], aad)

@@ -179,8 +179,8 @@ class PackBuilder:
     def finish(self, key: MasterKey) -> tuple[str, memoryview, list[BlobEntry]]:
         """Return (pack id, pack bytes, entries). Only once every reserved slot is filled.
 
-        The pack bytes are a view of the start of the buffer (``view.obj``): trimming the
-        buffer instead would make it useless for reuse, as growing it back touches every page.
+        The pack bytes are a view of the start of the buffer (``view.obj``), not a copy: the
+        blob saver's buffers are fixed-size mappings larger than any pack.
         """
         header = key.seal(bytes((HEADER_VERSION,)) + encode_records(self.entries), AAD_PACK_HEADER)
         end = self.used + len(header) + _TRAILER.size

@@ -85,6 +85,7 @@ class _Item:
 _REOPEN = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CREATE = _REOPEN | os.O_CREAT
 
+
 def _affected(places) -> str:
     """'affected: a, b, c and N more' for (item, offset) places, each file named once."""
     paths = list(dict.fromkeys(os.fsdecode(item.path) for item, _ in places))

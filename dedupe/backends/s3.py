@@ -188,7 +188,7 @@ def _md5_b64(data: bytes | memoryview) -> str:
 
 class _ViewReader(io.RawIOBase):
     """A read-only, seekable file over a buffer. botocore takes bytes and bytearrays as they
-    are but nothing else; the blob saver's packs are views of reused pack buffers, and a
+    are but nothing else; the blob saver's packs are views of larger pack buffers, and a
     16 MiB copy per upload in flight cost ~50 MB of peak memory. A file, botocore reads in
     blocks, and seeks back to its start on a retry."""
 
