@@ -79,6 +79,8 @@ class _Item:
     size: int = 0
     # Created by the first blob written to it, in the parallel phase (see _create_file).
     lazy: bool = False
+    # Created by this restore in a fresh directory: owned by our effective uid and gid.
+    ours: bool = False
 
 
 # Opening a planned file to write a blob: never through a symlink put there since the plan.
@@ -129,6 +131,13 @@ class Restorer:
         self._failed_dirs: set[bytes] = set()
         self._root = b""
         self._real_dirs: set[bytes] = set()  # checked or made by us: real directories
+        # Made by this restore's mkdir, so empty but for what the plan puts there: nothing can
+        # stand in the way of their entries, which saves an lstat per entry (on a fresh 2 GB
+        # restore of 33k entries, ~0.2 s of the ~0.8 s single-threaded plan). Creation never
+        # overwrites (mkdir, symlink, O_NOFOLLOW opens), so a concurrent writer makes an entry
+        # fail, not escape.
+        self._fresh_dirs: set[bytes] = set()
+        self._ids = (os.geteuid(), os.getegid())
         self._owners = os.geteuid() == 0 if self.opts.owners is None else self.opts.owners
 
     def _warn(self, message: str) -> None:
@@ -168,6 +177,10 @@ class Restorer:
         else:
             if not self.opts.dry_run:
                 os.makedirs(root, exist_ok=True)
+                with os.scandir(root) as it:
+                    # (a set-group-ID target would hand its group to what is made in it)
+                    if next(it, None) is None and not os.stat(root).st_mode & stat.S_ISGID:
+                        self._fresh_dirs.add(root)
             cut = len(prefix) if prefix != b"/" else 0
             for path, node in walk(self.repo, start["subtree"], prefix, self._descend):
                 self._plan_entry(root + path[cut:], path, node)
@@ -198,22 +211,29 @@ class Restorer:
 
     def _create(self, dest: bytes, node: Node) -> None:
         ntype = node["type"]
-        self._make_parents(os.path.dirname(dest))
+        parent = os.path.dirname(dest)
+        self._make_parents(parent)
+        fresh = parent in self._fresh_dirs
         if ntype == "dir":
-            if os.path.lexists(dest) and (os.path.islink(dest) or not os.path.isdir(dest)):
-                # A file or symlink where the snapshot has a directory: never restore through
-                # it (a symlink would send the contents outside the target).
-                if self.opts.overwrite == "never":
-                    raise FileExistsError(errno.EEXIST, "exists and is not a directory")
-                os.unlink(dest)
-            os.makedirs(dest, exist_ok=True)
+            if fresh:
+                os.mkdir(dest)
+                self._fresh_dirs.add(dest)
+            else:
+                # (Not fresh even when made here: the parent may hand down its group.)
+                if os.path.lexists(dest) and (os.path.islink(dest) or not os.path.isdir(dest)):
+                    # A file or symlink where the snapshot has a directory: never restore
+                    # through it (a symlink would send the contents outside the target).
+                    if self.opts.overwrite == "never":
+                        raise FileExistsError(errno.EEXIST, "exists and is not a directory")
+                    os.unlink(dest)
+                os.makedirs(dest, exist_ok=True)
             self._real_dirs.add(dest)
-            self._dirs.append(_Item(dest, _metadata(node)))
+            self._dirs.append(_Item(dest, _metadata(node), ours=dest in self._fresh_dirs))
             return
         if ntype == "file":
-            self._create_file(dest, node)
+            self._create_file(dest, node, fresh)
             return
-        if os.path.lexists(dest):
+        if not fresh and os.path.lexists(dest):
             if self.opts.overwrite == "never":
                 self.progress.files_skipped += 1
                 return
@@ -227,7 +247,7 @@ class Restorer:
             os.mknod(dest, kind | node["mode"], node.get("rdev", 0))
         else:  # sockets cannot be restored meaningfully
             return
-        self._files.append(_Item(dest, _metadata(node)))
+        self._files.append(_Item(dest, _metadata(node), ours=fresh))
 
     def _make_parents(self, parent: bytes) -> None:
         """Make sure every directory from the target down to ``parent`` is a real directory.
@@ -275,23 +295,23 @@ class Restorer:
             return st.st_mtime_ns >= node.get("mtime", 0)
         return st.st_size == node.get("size") and st.st_mtime_ns == node.get("mtime")
 
-    def _create_file(self, dest: bytes, node: Node) -> None:
+    def _create_file(self, dest: bytes, node: Node, fresh: bool = False) -> None:
         p = self.progress
         size = node.get("size", 0)
-        if self._skip_existing(dest, node):
+        if not fresh and self._skip_existing(dest, node):
             p.files_skipped += 1
             return
         p.files_total += 1
         p.bytes_total += size
         link_key = (node.get("dev", 0), node.get("inode", 0))
         if node.get("links", 1) > 1 and link_key in self._links:
-            if os.path.lexists(dest):
+            if not fresh and os.path.lexists(dest):
                 _remove(dest)
             os.link(self._links[link_key], dest)
             p.files_done += 1
             return
         try:
-            existing = os.lstat(dest)
+            existing = None if fresh else os.lstat(dest)
         except FileNotFoundError:
             existing = None
         # Whatever is there is replaced, never written through: a file with other links would
@@ -301,7 +321,7 @@ class Restorer:
         if existing is not None:
             _remove(dest)
         parts = node.get("content") or ()
-        item = _Item(dest, node, size=size)
+        item = _Item(dest, node, size=size, ours=fresh)
         # A file made only of blobs, not hard-linked, is created by the first of its blobs to
         # be written (open with O_CREAT in the thread pool): it grows to its size by itself,
         # and this single thread does not open, truncate and close every file just so the
@@ -416,19 +436,13 @@ class Restorer:
                     self.progress.files_done += 1
 
     # ------------------------------------------------------------------ phase 3
-    def _apply_metadata(self, path: bytes, node: Node) -> None:
+    def _apply_metadata(self, path: bytes, node: Node, ours: bool = False) -> None:
         is_link = node["type"] == "symlink"
         if self._owners:
             uid, gid = node.get("uid", -1), node.get("gid", -1)
-            try:
-                # A file this restore created is usually owned as it should be already, and
-                # an lstat is cheaper than a chown, which dirties the inode (in a 2 GB restore
-                # of 31k files: the metadata phase 1.0 s -> 0.85 s of ~6 s).
-                st = os.lstat(path)
-                if uid not in (-1, st.st_uid) or gid not in (-1, st.st_gid):
-                    os.lchown(path, uid, gid)
-            except OSError as exc:
-                self._warn(f"{os.fsdecode(path)}: cannot set owner: {exc.strerror}")
+            # What this restore made is owned by our ids: nothing to check when they match.
+            if not (ours and uid in (-1, self._ids[0]) and gid in (-1, self._ids[1])):
+                self._set_owner(path, uid, gid)
         if not is_link:
             os.chmod(path, node.get("mode", 0o644))
         for name, value in node.get("xattrs") or ():
@@ -441,6 +455,17 @@ class Restorer:
             os.utime(path, ns=(node.get("atime", node["mtime"]), node["mtime"]),
                      follow_symlinks=False)
 
+    def _set_owner(self, path: bytes, uid: int, gid: int) -> None:
+        try:
+            # An entry is often owned as it should be already, and an lstat is cheaper than
+            # a chown, which dirties the inode (in a 2 GB restore of 31k files: the metadata
+            # phase 1.0 s -> 0.85 s of ~6 s).
+            st = os.lstat(path)
+            if uid not in (-1, st.st_uid) or gid not in (-1, st.st_gid):
+                os.lchown(path, uid, gid)
+        except OSError as exc:
+            self._warn(f"{os.fsdecode(path)}: cannot set owner: {exc.strerror}")
+
     def _finish_files(self) -> None:
         for item in self._files:
             try:
@@ -450,14 +475,14 @@ class Restorer:
                         os.ftruncate(fd, item.size)
                     finally:
                         os.close(fd)
-                self._apply_metadata(item.path, item.node)
+                self._apply_metadata(item.path, item.node, item.ours)
             except OSError as exc:
                 self._warn(f"{os.fsdecode(item.path)}: {exc.strerror}")
 
     def _finish_dirs(self) -> None:
         for item in sorted(self._dirs, key=lambda i: i.path.count(b"/"), reverse=True):
             try:
-                self._apply_metadata(item.path, item.node)
+                self._apply_metadata(item.path, item.node, item.ours)
             except OSError as exc:
                 self._warn(f"{os.fsdecode(item.path)}: {exc.strerror}")
 

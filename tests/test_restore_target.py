@@ -144,3 +144,72 @@ def test_file_with_lost_blobs_is_still_restored_at_full_size(tmp_path, lost):
 def _one_blob_packs(saver):
     saver.pack_size = 4096  # a pack closes after any incompressible blob
     return saver
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root (CI runs as root)")
+
+
+@pytest.fixture
+def owned_snapshot(tmp_path):
+    """A tree whose entries belong to root and to two other ids."""
+    src = tmp_path / "src"
+    (src / "mine").mkdir(parents=True)
+    (src / "mine" / "f").write_bytes(b"root's\n")
+    (src / "theirs").mkdir()
+    (src / "theirs" / "g").write_bytes(b"1234's\n")
+    os.symlink("g", src / "theirs" / "link")
+    for p in (src / "theirs", src / "theirs" / "g"):
+        os.chown(p, 1234, 5678)
+    os.lchown(src / "theirs" / "link", 1234, 5678)
+    os.chown(src / "mine" / "f", 0, 5678)  # our uid, another gid
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), b"pw", kdf=KdfParams(1, 8 << 20),
+                           cache_root=str(tmp_path / "cache"))
+    return repo, Archiver(repo).backup([str(src)]).snapshot, src
+
+
+def owners(top: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(top)): (p.lstat().st_uid, p.lstat().st_gid) for p in top.rglob("*")}
+
+
+@needs_root
+@pytest.mark.parametrize("target_state", ["missing", "empty", "setgid", "not empty"])
+def test_restored_owners_whatever_the_target(owned_snapshot, tmp_path, target_state):
+    """An entry made in a fresh directory skips the owner check only when our ids are the
+    node's; a set-group-ID target (its group is inherited) or a target with files in it
+    never counts as fresh."""
+    repo, snap, src = owned_snapshot
+    target = tmp_path / "target"
+    if target_state != "missing":
+        target.mkdir()
+    if target_state == "setgid":
+        os.chown(target, 0, 4321)
+        os.chmod(target, 0o2775)
+    if target_state == "not empty":
+        (target / "unrelated").write_bytes(b"x")
+    restorer = Restorer(repo, RestoreOptions())
+    restorer.restore(snap, str(target))
+    assert restorer.warnings == []
+    top = target / str(src).lstrip("/")
+    assert owners(top) == owners(src)
+
+
+def test_restore_into_a_fresh_directory_fails_an_entry_rather_than_follow_a_new_symlink(
+        snapshot, tmp_path, monkeypatch):
+    """In a directory the restore made, nothing is checked before an entry is created; if
+    something appears there meanwhile, creating the entry fails (never follows it)."""
+    repo, snap, src = snapshot
+    target, outside = tmp_path / "target", tmp_path / "outside"
+    outside.mkdir()
+    restorer = Restorer(repo, RestoreOptions())
+    made = restorer._create
+
+    def create(dest, node):
+        made(dest, node)
+        if dest.endswith(b"/d"):  # planted right after the restore made d/
+            os.symlink(outside, os.path.join(dest, b"sub"))
+    monkeypatch.setattr(restorer, "_create", create)
+    restorer.restore(snap, str(target))
+    assert any("sub" in w for w in restorer.warnings)
+    assert list(outside.iterdir()) == []  # nothing written through the planted link
+    d = target / str(src).lstrip("/") / "d"
+    assert (d / "other.txt").read_bytes() == b"not selected\n"
