@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from datetime import datetime
 
 import click
@@ -16,7 +15,7 @@ from dedupe.filelists import collect_patterns, read_files_from
 
 from .app import App, UsageError, pass_app
 from .errors import EXIT_INCOMPLETE
-from .progress import LiveLine, Ticker, backup_line, scan_totals
+from .progress import LiveLine, Ticker, backup_line
 from .requests import request_summary
 from .sizes import format_size, parse_size
 
@@ -113,7 +112,7 @@ def command(app: App, paths, exclude, iexclude, exclude_file, iexclude_file, exc
         ignore_ctime=ignore_ctime, ignore_inode=ignore_inode, dry_run=dry_run,
         tags=[t for tag in tags for t in tag.split(",") if t], hostname=host,
         time=_parse_time(time_), read_concurrency=read_concurrency,
-        with_atime=with_atime)
+        with_atime=with_atime, count_totals=_shows_status(app))
     repo = app.open_repo()
     if parent:
         opts.parent = repo.find_snapshot(parent)
@@ -128,30 +127,28 @@ def command(app: App, paths, exclude, iexclude, exclude_file, iexclude_file, exc
     return EXIT_INCOMPLETE if result.warnings else 0
 
 
+def _shows_status(app: App) -> bool:
+    """A live line on a terminal, or JSON status messages: both show totals."""
+    return not app.quiet and (app.json or sys.stderr.isatty())
+
+
 def _backup_paths(app: App, archiver: Archiver, progress: BackupProgress, sources: list[str]):
-    totals = {"files": 0, "bytes": 0, "done": False}
-    show_live = not app.quiet and not app.json and sys.stderr.isatty()
-    if not show_live and not app.json:
+    if not _shows_status(app):
         return archiver.backup(sources)
-    stop = threading.Event()
-    threading.Thread(target=scan_totals, args=(sources, totals, stop), daemon=True).start()
-    try:
-        if app.json:
-            def emit(final: bool) -> None:
-                if not final and not app.quiet:
-                    app.emit_json({
-                        "message_type": "status", "files_done": progress.files_done,
-                        "bytes_done": progress.bytes_done, "total_files": totals["files"],
-                        "total_bytes": totals["bytes"], "current_files": [progress.current],
-                        "error_count": progress.errors,
-                        "percent_done": (progress.bytes_done / totals["bytes"])
-                        if totals["done"] and totals["bytes"] else 0.0})
-            with Ticker(emit, 1.0):
-                return archiver.backup(sources)
-        with LiveLine(app.err) as live, Ticker(lambda final: live.update(backup_line(progress, totals)), 0.25):
+    if app.json:
+        def emit(final: bool) -> None:
+            if not final:
+                app.emit_json({
+                    "message_type": "status", "files_done": progress.files_done,
+                    "bytes_done": progress.bytes_done, "total_files": progress.total_files,
+                    "total_bytes": progress.total_bytes, "current_files": [progress.current],
+                    "error_count": progress.errors,
+                    "percent_done": (progress.bytes_done / progress.total_bytes)
+                    if progress.totals_done and progress.total_bytes else 0.0})
+        with Ticker(emit, 1.0):
             return archiver.backup(sources)
-    finally:
-        stop.set()
+    with LiveLine(app.err) as live, Ticker(lambda final: live.update(backup_line(progress)), 0.25):
+        return archiver.backup(sources)
 
 
 def _backup_stream(app: App, archiver: Archiver, command: list[str] | None, filename: str):

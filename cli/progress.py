@@ -6,7 +6,6 @@ second, so progress costs the hot path nothing.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Callable
@@ -43,42 +42,14 @@ class Ticker:
         self._render(True)
 
 
-def scan_totals(paths: list[str], totals: dict, stop: threading.Event) -> None:
-    """Count files and bytes below ``paths`` (for ETA); runs beside the backup."""
-    stack = [os.fsencode(p) for p in paths]
-    while stack and not stop.is_set():
-        path = stack.pop()
-        try:
-            st = os.lstat(path)
-        except OSError:
-            continue
-        if os.path.isdir(path) and not os.path.islink(path):
-            try:
-                with os.scandir(path) as it:
-                    for e in it:
-                        try:
-                            if e.is_dir(follow_symlinks=False):
-                                stack.append(e.path)
-                            elif e.is_file(follow_symlinks=False):
-                                totals["files"] += 1
-                                totals["bytes"] += e.stat(follow_symlinks=False).st_size
-                        except OSError:
-                            continue
-            except OSError:
-                continue
-        elif os.path.isfile(path):
-            totals["files"] += 1
-            totals["bytes"] += st.st_size
-    totals["done"] = True
-
-
-def backup_line(p, totals: dict) -> str:
+def backup_line(p) -> str:
+    """``p``: a BackupProgress; its totals are shown once they are all counted."""
     elapsed = max(time.monotonic() - p.started, 1e-6)
     rate = p.bytes_done / elapsed
-    tb = totals.get("bytes", 0)
-    files = f"{p.files_done}" + (f"/{totals['files']}" if totals.get("done") else "")
-    size = format_size(p.bytes_done) + (f" / {format_size(tb)}" if totals.get("done") else "")
-    eta = _eta(p.bytes_done, tb, elapsed) if totals.get("done") else ""
+    done = p.totals_done
+    files = f"{p.files_done}" + (f"/{p.total_files}" if done else "")
+    size = format_size(p.bytes_done) + (f" / {format_size(p.total_bytes)}" if done else "")
+    eta = _eta(p.bytes_done, p.total_bytes, elapsed) if done else ""
     errors = f", {p.errors} errors" if p.errors else ""
     return f"[{int(elapsed // 60)}:{int(elapsed % 60):02d}] {files} files, {size}, " \
            f"{format_size(rate)}/s{eta}{errors}  {p.current[-60:]}"

@@ -62,6 +62,7 @@ class BackupOptions:
     lock_wait: float = 600.0  # seconds to wait while a prune holds the exclusive lock
     read_concurrency: int = 2  # threads reading files (restic's --read-concurrency)
     with_atime: bool = False  # store access times (restic's --with-atime); see node_from_stat
+    count_totals: bool = False  # fill BackupProgress.total_* (for an ETA); see statahead.py
 
 
 @dataclass
@@ -80,6 +81,11 @@ class BackupProgress:
     errors: int = 0
     current_path: bytes = b""  # set per entry; decoded only when a UI asks (``current``)
     started: float = field(default_factory=time.monotonic)
+    # With BackupOptions.count_totals: regular files and bytes below the sources, counted
+    # beside the backup (excluded ones too: an estimate); totals_done once all are counted.
+    total_files: int = 0
+    total_bytes: int = 0
+    totals_done: bool = False
 
     @property
     def current(self) -> str:
@@ -442,16 +448,19 @@ class Archiver:
         else:
             build = lambda prev: self._virtual_dir(b"/", trie, prev)  # noqa: E731
         parent = self._parent(existing)
-        ahead = self._stat_ahead(existing, parent)
+        helper = self._helper(existing, parent)
         try:
             return self._run(build, existing, parent)
         finally:
-            if ahead is not None:
-                ahead.close()
+            if helper is not None:
+                helper.close()
 
-    def _stat_ahead(self, paths: list[str], parent: Snapshot | None) -> StatAhead | None:
-        """With a parent snapshot most files are usually unchanged and the walk is bound by
-        metadata reads: start warming them. The parent's counts bound the helper's lead."""
+    def _helper(self, paths: list[str], parent: Snapshot | None) -> StatAhead | None:
+        """The process that counts totals, if asked for, and warms the inode cache: with a
+        parent snapshot most files are usually unchanged and the walk is bound by metadata
+        reads. Only warming, its lead is bounded by the parent's entry count."""
+        if self.opts.count_totals:
+            return StatAhead(paths, on_totals=self._totals)
         if parent is None or self.opts.force:
             return None
         s = parent.summary if isinstance(parent.summary, dict) else {}
@@ -461,6 +470,10 @@ class Archiver:
         if entries < STAT_AHEAD_MIN_ENTRIES:
             return None
         return StatAhead(paths, limit=2 * entries + 10_000)
+
+    def _totals(self, files: int, size: int, done: bool) -> None:
+        p = self.progress
+        p.total_files, p.total_bytes, p.totals_done = files, size, done
 
     def _parent(self, paths: list[str]) -> Snapshot | None:
         if self.opts.no_parent:

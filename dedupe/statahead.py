@@ -1,48 +1,69 @@
-"""Stat-ahead for incremental backups: warm the kernel's inode cache before the walker asks.
+"""A helper process that walks the backup's source trees beside the walker.
 
-An incremental backup of a mostly unchanged tree is bound by metadata: the walker lists each
-directory and ``lstat``s each entry, one at a time, and on a cold cache every inode is a disk
-read. A helper *process* walks the same trees a little ahead with two threads and throws the
-results away; the walker then finds the inodes in memory (a cold unchanged re-backup of the
-2 GB benchmark corpus: 1.28 s -> 0.93 s). It is a process, not threads, because threads here
-would fight the walker for the GIL: stat-ahead threads made the same backup ~30% slower.
+It serves two purposes, and costs the walker nothing, because it is a process: threads doing
+the same would take the GIL from the walker (stat-ahead threads once made a cold unchanged
+re-backup ~30% slower, and an in-process totals scan cost a 1 s backup 0.2-0.35 s).
 
-Everything about it is a hint. It never crosses a file system boundary (a network mount that
-the backup excludes must not be walked), stops after ``limit`` entries (excluded subtrees are
+- **Stat-ahead.** An incremental backup of a mostly unchanged tree is bound by metadata: the
+  walker lists each directory and ``lstat``s each entry, one at a time, and on a cold cache
+  every inode is a disk read. The helper lists and ``lstat``s the same trees a little ahead,
+  with two threads, in the walker's order, so the walker finds the inodes in memory (a cold
+  unchanged re-backup of the 2 GB benchmark corpus: 1.28 s -> 0.93 s).
+- **Totals.** It counts regular files and their bytes and reports them (for a progress line's
+  ETA, restic's "scanner"). Excluded paths are counted too: the totals are an estimate.
+
+It never crosses a file system boundary (a network mount that the backup excludes must not be
+walked), stops after ``limit`` entries when it only warms the cache (excluded subtrees are
 walked too, so the lead is bounded by the size of the last snapshot), exits when its parent
-is gone, and is killed when the backup ends. It runs in its own session so that a Ctrl-C
-meant for snap does not print a traceback from it. If it cannot start, nothing changes.
+is gone, and is killed when the backup ends. It runs in its own session so that a Ctrl-C meant
+for snap does not print a traceback from it. If it cannot start, nothing else changes.
 
-Run as a script (``python -I -S statahead.py LIMIT ROOT...``) it imports the standard library
-only, which keeps its start-up at ~15 ms.
+Run as a script (``python -I -S statahead.py LIMIT COUNT ROOT...``; LIMIT 0 for none, COUNT
+1 to report totals) it imports the standard library only, which keeps its start-up at ~15 ms.
+It then writes ``FILES BYTES`` lines to stdout every 0.25 s and ``FILES BYTES done`` last.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import stat
 import subprocess
 import sys
 import threading
+from typing import Callable
 
 _THREADS = 2  # measured: 1 thread 0.52 s, 2 threads 0.42 s, 8 threads 0.60 s (kernel contention)
+_REPORT_EVERY = 0.25  # seconds between totals lines
+
+Totals = Callable[[int, int, bool], None]  # (files, bytes, complete)
 
 
 class StatAhead:
-    """Start the helper process for ``roots``; ``close`` ends it. Safe to close twice."""
+    """Start the helper process for ``roots``; ``close`` ends it. Safe to close twice.
 
-    def __init__(self, roots: list[str], limit: int) -> None:
+    ``limit``: entries to walk at most (0: all). ``on_totals``: if given, the helper counts,
+    and this is called (from a reader thread) with each report."""
+
+    def __init__(self, roots: list[str], limit: int = 0, on_totals: Totals | None = None) -> None:
         self._proc: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
         if not sys.executable:
             return
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", os.path.abspath(__file__), str(limit),
-                 *(os.fsencode(r) for r in roots)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                 "1" if on_totals else "0", *(os.fsencode(r) for r in roots)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if on_totals else subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
         except (OSError, ValueError):
             self._proc = None
+            return
+        if on_totals is not None:
+            self._reader = threading.Thread(target=_read_totals, args=(self._proc.stdout, on_totals),
+                                            name="snap-totals", daemon=True)
+            self._reader.start()
 
     @property
     def running(self) -> bool:
@@ -55,6 +76,9 @@ class StatAhead:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+        if self._reader is not None:
+            self._reader.join()  # ends at the pipe's end
+            proc.stdout.close()
 
     def __enter__(self) -> "StatAhead":
         return self
@@ -63,12 +87,24 @@ class StatAhead:
         self.close()
 
 
-def walk(roots: list[bytes], limit: int, threads: int = _THREADS) -> int:
+def _read_totals(pipe, on_totals: Totals) -> None:
+    for line in pipe:
+        parts = line.split()
+        try:
+            on_totals(int(parts[0]), int(parts[1]), parts[2:] == [b"done"])
+        except (IndexError, ValueError):
+            return
+
+
+def walk(roots: list[bytes], limit: int = 0, threads: int = _THREADS,
+         report: Callable[[int, int, bool], None] | None = None) -> int:
     """``lstat`` every entry below ``roots`` (same file system only), depth first in name
-    order like the walker, until ``limit`` entries were seen. Returns the number seen."""
+    order like the walker, until ``limit`` entries were seen (0: no limit). ``report(files,
+    bytes, done)`` gets the regular files counted so far every 0.25 s and at the end.
+    Returns the number of entries seen."""
     parent = os.getppid()
     todo: queue.LifoQueue = queue.LifoQueue()
-    state = {"pending": 0, "seen": 0}
+    state = {"pending": 0, "seen": 0, "files": 0, "bytes": 0}
     lock = threading.Lock()
     finished = threading.Event()
 
@@ -81,7 +117,7 @@ def walk(roots: list[bytes], limit: int, threads: int = _THREADS) -> int:
         while not finished.is_set():
             path, dev = todo.get()
             subdirs = []
-            n = 0
+            n = files = size = 0
             try:
                 with os.scandir(path) as it:
                     for entry in it:
@@ -90,14 +126,19 @@ def walk(roots: list[bytes], limit: int, threads: int = _THREADS) -> int:
                             st = entry.stat(follow_symlinks=False)
                         except OSError:
                             continue
-                        if entry.is_dir(follow_symlinks=False) and st.st_dev == dev:
+                        if stat.S_ISREG(st.st_mode):
+                            files += 1
+                            size += st.st_size
+                        elif stat.S_ISDIR(st.st_mode) and st.st_dev == dev:
                             subdirs.append(entry.name)
             except OSError:
                 pass
             subdirs.sort(reverse=True)  # LIFO: the first name comes out first
             with lock:
                 state["seen"] += n
-                over = state["seen"] >= limit or os.getppid() != parent
+                state["files"] += files
+                state["bytes"] += size
+                over = (limit and state["seen"] >= limit) or os.getppid() != parent
             if not over:
                 for name in subdirs:
                     add(os.path.join(path, name), dev)
@@ -108,15 +149,35 @@ def walk(roots: list[bytes], limit: int, threads: int = _THREADS) -> int:
 
     for root in roots:
         try:
-            add(root, os.lstat(root).st_dev)
+            st = os.lstat(root)
         except OSError:
             continue
+        if stat.S_ISDIR(st.st_mode):
+            add(root, st.st_dev)
+        elif stat.S_ISREG(st.st_mode):  # a file given as a source
+            state["files"] += 1
+            state["bytes"] += st.st_size
     if state["pending"]:
         for _ in range(threads):
             threading.Thread(target=work, daemon=True).start()
-        finished.wait()
+        while not finished.wait(_REPORT_EVERY):
+            if report is not None:
+                with lock:
+                    files, size = state["files"], state["bytes"]
+                report(files, size, False)
+    if report is not None:
+        report(state["files"], state["bytes"], True)
     return state["seen"]
 
 
+def _print_totals(files: int, size: int, done: bool) -> None:
+    sys.stdout.write(f"{files} {size}{' done' if done else ''}\n")
+    sys.stdout.flush()
+
+
 if __name__ == "__main__":
-    walk([os.fsencode(a) for a in sys.argv[2:]], int(sys.argv[1]))
+    try:
+        walk([os.fsencode(a) for a in sys.argv[3:]], int(sys.argv[1]),
+             report=_print_totals if sys.argv[2] == "1" else None)
+    except BrokenPipeError:  # the backup ended first
+        pass

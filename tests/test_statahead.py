@@ -39,6 +39,31 @@ def test_walk_stops_at_its_limit(tmp_path):
     assert 100 <= seen < 200  # stops at the first directory that crosses the limit
 
 
+def test_walk_reports_regular_files_and_their_bytes(tmp_path):
+    src = tmp_path / "src"
+    make_tree(src, 3, 4)  # 12 files of one byte
+    (src / "big").write_bytes(b"y" * 5000)
+    (src / "link").symlink_to("big")
+    os.mkfifo(src / "fifo")
+    reports = []
+    statahead.walk([os.fsencode(src), os.fsencode(src / "big")],
+                   report=lambda *r: reports.append(r))
+    # "big" is counted twice (once as a source of its own): the totals are an estimate
+    assert reports[-1] == (14, 12 + 2 * 5000, True)
+    assert all(not done for *_, done in reports[:-1])
+
+
+def test_helper_process_reports_totals(tmp_path):
+    make_tree(tmp_path / "src", 5, 5)
+    got = []
+    with statahead.StatAhead([str(tmp_path / "src")], on_totals=lambda *r: got.append(r)) as ahead:
+        deadline = time.monotonic() + 30
+        while (not got or not got[-1][2]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert not ahead.running
+    assert got[-1] == (25, 25, True)
+
+
 def test_walk_skips_missing_roots(tmp_path):
     assert statahead.walk([os.fsencode(tmp_path / "nothing")], limit=100) == 0
 
@@ -71,7 +96,7 @@ def test_helper_process_finishes_and_close_is_idempotent(tmp_path):
 
 def test_close_kills_a_running_helper():
     ahead = statahead.StatAhead.__new__(statahead.StatAhead)  # a long-running stand-in
-    ahead._proc = subprocess.Popen(["sleep", "60"])
+    ahead._proc, ahead._reader = subprocess.Popen(["sleep", "60"]), None
     assert ahead.running
     ahead.close()
     assert not ahead.running
@@ -105,3 +130,23 @@ def test_backup_starts_stat_ahead_only_with_a_large_enough_parent(tmp_path, repo
     monkeypatch.setattr(archiver_mod, "STAT_AHEAD_MIN_ENTRIES", 10_000)
     Archiver(repo).backup([str(src)])
     assert len(started) == 1  # too small to pay for a process
+
+
+def test_backup_counts_totals_when_asked(tmp_path, repo, monkeypatch):
+    src = tmp_path / "src"
+    make_tree(src, 2, 3)
+    started = []
+
+    class Recorder(statahead.StatAhead):
+        def __init__(self, roots, limit=0, on_totals=None):
+            started.append((roots, limit, on_totals))
+            super().__init__(roots, limit, on_totals)
+            while self.running:  # let it finish so that the totals are complete
+                time.sleep(0.01)
+
+    monkeypatch.setattr(archiver_mod, "StatAhead", Recorder)
+    archiver = Archiver(repo, BackupOptions(count_totals=True))
+    archiver.backup([str(src)])
+    assert [(r, lim) for r, lim, _ in started] == [([str(src)], 0)]  # no parent, no limit
+    p = archiver.progress
+    assert (p.total_files, p.total_bytes, p.totals_done) == (6, 6, True)
