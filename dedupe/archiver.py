@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import attrgetter
 from typing import Any, BinaryIO, Callable, Protocol
 
 from .errors import Interrupted, SourceError
@@ -37,6 +38,7 @@ CACHEDIR_TAG = (b"CACHEDIR.TAG", b"Signature: 8a477f597d28d172789f06886806bc55")
 # Stat-ahead (statahead.py) pays for its process start (~15 ms of the other core) only when
 # the parent snapshot had about this many entries or more.
 STAT_AHEAD_MIN_ENTRIES = 2000
+_NAME = attrgetter("name")
 
 
 class PathMatcher(Protocol):
@@ -287,7 +289,7 @@ class Archiver:
         prev_nodes = self._load_parent_tree(prev_tree)
         nodes = []
         try:
-            entries = sorted(os.scandir(path), key=lambda e: e.name)
+            entries = sorted(os.scandir(path), key=_NAME)
         except OSError as exc:
             self._warn(f"{_fs(path)}: cannot list directory: {exc.strerror}")
             entries = []

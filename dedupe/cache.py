@@ -13,6 +13,7 @@ directory per repository id.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 
 from .backends.base import check_name
@@ -30,6 +31,10 @@ def default_cache_root() -> str:
 class Cache:
     def __init__(self, root: str, repo_id: str) -> None:
         self.dir = os.path.join(root, repo_id)
+        # The file of the last ``get_range``, kept open: a walk reads tree after tree from
+        # the same few packs, and open/seek/read/close cost 11 us a tree against 2 for pread.
+        self._open: tuple[str, int] | None = None
+        self._open_lock = threading.Lock()
 
     def _path(self, name: str) -> str | None:
         """Local path of an entry, or None for a name that could leave the cache directory
@@ -58,15 +63,31 @@ class Cache:
     def get_range(self, name: str, offset: int, length: int) -> bytes | None:
         """Bytes of a cached object WITHOUT verifying the whole object: only for callers that
         authenticate what they read (blobs carry an AEAD tag) and ``remove`` it if that fails."""
-        path = self._path(name)
-        if path is None:
-            return None
-        try:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                return f.read(length)
-        except OSError:
-            return None
+        with self._open_lock:
+            if self._open is None or self._open[0] != name:
+                path = self._path(name)
+                if path is None:
+                    return None
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    return None
+                self._close_open()
+                self._open = (name, fd)
+            try:
+                return os.pread(self._open[1], length, offset)
+            except OSError:
+                return None
+
+    def _close_open(self, name: str | None = None) -> None:
+        """Close the kept file (only if it is ``name``'s, when given). Under ``_open_lock``."""
+        if self._open is not None and (name is None or self._open[0] == name):
+            os.close(self._open[1])
+            self._open = None
+
+    def close(self) -> None:
+        with self._open_lock:
+            self._close_open()
 
     def put(self, name: str, data: bytes) -> None:
         """Best effort: a cache that cannot be written only costs speed."""
@@ -78,7 +99,9 @@ class Cache:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(tmp, "wb") as f:
                 f.write(data)
-            os.replace(tmp, path)
+            with self._open_lock:  # a kept file of this name is about to be replaced
+                self._close_open(name)
+                os.replace(tmp, path)
         except OSError:
             try:
                 os.unlink(tmp)
@@ -93,6 +116,8 @@ class Cache:
         path = self._path(name)
         if path is None:
             return
+        with self._open_lock:  # a damaged copy must not stay readable through a kept file
+            self._close_open(name)
         try:
             os.unlink(path)
         except OSError:

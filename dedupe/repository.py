@@ -158,6 +158,8 @@ class Repository:
         return cls(backend, master, config, key_id, cache)
 
     def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
         self.backend.close()
 
     def new_saver(self, **kwargs) -> BlobSaver:

@@ -811,6 +811,49 @@ def test_cached_tree_packs_serve_trees(repo_copy, tmp_path):
         assert (root / "data" / p.parent.name / p.name).read_bytes() == p.read_bytes()
 
 
+def test_cached_tree_pack_damaged_while_open_is_refetched(repo_copy, tmp_path):
+    """The cache keeps the last tree pack it read from open. Damage written into that very
+    file (same inode) is caught by the blob's tag, and the refetched copy is what is read
+    next, not the damaged file still held open."""
+    path, expected = repo_copy
+    cache = tmp_path / "cache"
+    repo = open_repo(path, cache_root=str(cache))
+    read_everything(repo, expected)
+    root = cache / repo.config.id
+    for p in _files_of_kind(path, "tree-pack"):
+        cached = root / "data" / p.parent.name / p.name
+        with open(cached, "r+b") as f:  # in place: the kept descriptor sees it
+            size = len(f.read())
+            f.seek(0)
+            f.write(bytes(size))
+    read_everything(repo, expected)
+    read_everything(repo, expected)
+    for p in _files_of_kind(path, "tree-pack"):
+        assert (root / "data" / p.parent.name / p.name).read_bytes() == p.read_bytes()
+    repo.close()
+
+
+def test_cache_ranged_reads_follow_replacement_and_removal(tmp_path):
+    from dedupe.cache import Cache
+
+    cache = Cache(str(tmp_path / "cache"), "ab" * 32)
+    a, b = (f"data/{c * 2}/{c * 64}" for c in "cd")
+    cache.put(a, b"first version")
+    cache.put(b, b"other pack")
+    assert cache.get_range(a, 0, 5) == b"first"
+    cache.put(a, b"second version")  # a new file under the same name
+    assert cache.get_range(a, 0, 6) == b"second"
+    assert cache.get_range(b, 6, 4) == b"pack"
+    assert cache.get_range(a, 7, 7) == b"version"
+    cache.remove(a)
+    assert cache.get_range(a, 0, 6) is None
+    cache.put(a, b"third")
+    assert cache.get_range(a, 0, 5) == b"third"
+    cache.close()
+    assert cache.get_range(a, 0, 5) == b"third"  # reopened after a close
+    cache.close()
+
+
 def test_cache_entry_of_deleted_object_is_not_used(repo_copy, tmp_path):
     path, expected = repo_copy
     cache = tmp_path / "cache"
