@@ -185,15 +185,20 @@ class Archiver:
             return {}
 
     # ------------------------------------------------------------------ files
-    def _unchanged(self, node: Node, prev: Node | None) -> bool:
+    def _same_metadata(self, st: os.stat_result, prev: Node | None) -> bool:
+        """A regular file whose size, mtime, ctime and inode (unless ignored) are its node's
+        in the parent snapshot: presumed unchanged, not read again."""
         if self.opts.force or prev is None or prev.get("type") != "file":
             return False
-        if prev.get("size") != node["size"] or prev.get("mtime") != node["mtime"]:
+        if prev.get("size") != st.st_size or prev.get("mtime") != st.st_mtime_ns:
             return False
-        if not self.opts.ignore_ctime and prev.get("ctime") != node["ctime"]:
+        if not self.opts.ignore_ctime and prev.get("ctime") != st.st_ctime_ns:
             return False
-        if not self.opts.ignore_inode and prev.get("inode") != node["inode"]:
+        if not self.opts.ignore_inode and prev.get("inode") != st.st_ino:
             return False
+        return True
+
+    def _blobs_indexed(self, prev: Node) -> bool:
         has = self.index.has
         for b in prev.get("content") or ():  # (the hot loop of an unchanged re-backup)
             if b.__class__ is bytes and not has(b, BLOB_DATA):
@@ -201,11 +206,11 @@ class Archiver:
         return True
 
     def _file(self, path: bytes, st: os.stat_result, node: Node, prev: Node | None,
-              reads: DirReads) -> None:
+              reads: DirReads, same: bool) -> None:
         """Fill ``node['content']`` now (unchanged file, known hard link) or queue the file
-        for the readers; ``_finish_reads`` completes the node."""
+        for the readers; ``_finish_reads`` completes the node. ``same``: _same_metadata."""
         p = self.progress
-        if self._unchanged(node, prev):
+        if same and self._blobs_indexed(prev):
             node["content"] = prev["content"]
             p.files_unmodified += 1
             p.bytes_done += st.st_size
@@ -252,7 +257,7 @@ class Archiver:
 
     # ------------------------------------------------------------------ directories
     def _entry(self, path: bytes, name: bytes, st: os.stat_result, prev: Node | None,
-               parent_dev: int, reads: DirReads) -> Node | None:
+               parent_dev: int, reads: DirReads, same: bool = False) -> Node | None:
         ntype = node_type(st.st_mode)
         if ntype is None:
             return None
@@ -265,7 +270,7 @@ class Archiver:
                 subtree = self._dir(path, prev.get("subtree") if prev and prev.get("type") == "dir" else None)
             node["subtree"] = subtree
         elif ntype == "file":
-            self._file(path, st, node, prev, reads)
+            self._file(path, st, node, prev, reads, same)
         elif ntype == "symlink":
             try:
                 node["target"] = os.readlink(path)
@@ -295,6 +300,7 @@ class Archiver:
             entries = []
         dev = None
         chosen = []
+        to_read = []  # (path, size) of the files that will be read: hinted to the kernel
         for entry in entries:
             child = entry.path
             try:
@@ -304,17 +310,24 @@ class Archiver:
                 continue
             if self._excluded(child, st):
                 continue
-            if stat.S_ISDIR(st.st_mode) and self._dir_excluded_by_marker(child):
+            prev = prev_nodes.get(entry.name)
+            same = False
+            if stat.S_ISREG(st.st_mode):
+                same = self._same_metadata(st, prev)
+                if not same and st.st_size:
+                    to_read.append((child, st.st_size))
+            elif stat.S_ISDIR(st.st_mode) and self._dir_excluded_by_marker(child):
                 continue
-            chosen.append((entry, st))
-        self._prefetch.ahead(chosen, prev_nodes, self.opts.force)
+            chosen.append((entry, st, prev, same))
+        if to_read:
+            self._prefetch.ahead(to_read)
         reads = DirReads(self._files)
-        for entry, st in chosen:
+        for entry, st, prev, same in chosen:
             if dev is None:
                 dev = os.lstat(path).st_dev if self.opts.one_file_system else 0
             if stat.S_ISDIR(st.st_mode):
                 reads.flush()  # the readers work on this directory's files meanwhile
-            node = self._entry(entry.path, entry.name, st, prev_nodes.get(entry.name), dev, reads)
+            node = self._entry(entry.path, entry.name, st, prev, dev, reads, same)
             if node is not None:
                 nodes.append(node)
         nodes = self._finish_reads(reads, nodes)
@@ -354,7 +367,8 @@ class Archiver:
             reads.flush()  # (a few entries: no batching needed)
             if sub is None:  # a source path itself
                 self._root_devs.add(st.st_dev)
-                node = self._entry(path, name, st, prev, st.st_dev, reads)
+                same = stat.S_ISREG(st.st_mode) and self._same_metadata(st, prev)
+                node = self._entry(path, name, st, prev, st.st_dev, reads, same)
             else:
                 node = node_from_stat(name, st, "dir", self.opts.with_atime)
                 prev_sub = prev.get("subtree") if prev and prev.get("type") == "dir" else None
