@@ -24,7 +24,7 @@ import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 from .backends.base import pack_name
 from .errors import IntegrityError
@@ -71,10 +71,30 @@ class RestoreProgress:
     errors: int = 0
 
 
-@dataclass
+class _Meta(NamedTuple):
+    """What phase 3 needs of a node. A restore plans every entry of the snapshot before it
+    writes, so whole nodes (names, content lists) would hold tens of MiB on a large tree, and
+    even a dict of these seven keys takes three times the memory of this tuple."""
+    type: str
+    uid: int
+    gid: int
+    mode: int
+    mtime: int | None
+    atime: int | None
+    xattrs: list | None
+
+
+def _meta(node: Node) -> _Meta:
+    get = node.get
+    return _Meta(node["type"], get("uid", -1), get("gid", -1), get("mode", 0o644),
+                 get("mtime"), get("atime"), get("xattrs"))
+
+
+@dataclass(slots=True)
 class _Item:
     path: bytes
-    node: Node
+    meta: _Meta
+    node: Node | None = None  # the whole node, kept for --verify only
     remaining: int = 0  # blobs still to write
     size: int = 0
     # Created by the first blob written to it, in the parallel phase (see _create_file).
@@ -93,15 +113,6 @@ def _affected(places) -> str:
     paths = list(dict.fromkeys(os.fsdecode(item.path) for item, _ in places))
     more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
     return "affected: " + ", ".join(paths[:3]) + more
-
-
-_METADATA = ("type", "uid", "gid", "mode", "xattrs", "mtime", "atime")
-
-
-def _metadata(node: Node) -> Node:
-    """What phase 3 needs of a node: a restore plans every entry of the snapshot before it
-    writes, so whole nodes (names, content lists) would hold tens of MiB on a large tree."""
-    return {k: node[k] for k in _METADATA if k in node}
 
 
 def _remove(path: bytes) -> None:
@@ -228,7 +239,7 @@ class Restorer:
                     os.unlink(dest)
                 os.makedirs(dest, exist_ok=True)
             self._real_dirs.add(dest)
-            self._dirs.append(_Item(dest, _metadata(node), ours=dest in self._fresh_dirs))
+            self._dirs.append(_Item(dest, _meta(node), ours=dest in self._fresh_dirs))
             return
         if ntype == "file":
             self._create_file(dest, node, fresh)
@@ -247,7 +258,7 @@ class Restorer:
             os.mknod(dest, kind | node["mode"], node.get("rdev", 0))
         else:  # sockets cannot be restored meaningfully
             return
-        self._files.append(_Item(dest, _metadata(node), ours=fresh))
+        self._files.append(_Item(dest, _meta(node), ours=fresh))
 
     def _make_parents(self, parent: bytes) -> None:
         """Make sure every directory from the target down to ``parent`` is a real directory.
@@ -321,7 +332,8 @@ class Restorer:
         if existing is not None:
             _remove(dest)
         parts = node.get("content") or ()
-        item = _Item(dest, node, size=size, ours=fresh)
+        item = _Item(dest, _meta(node), node if self.opts.verify else None, size=size,
+                     ours=fresh)
         # A file made only of blobs, not hard-linked, is created by the first of its blobs to
         # be written (open with O_CREAT in the thread pool): it grows to its size by itself,
         # and this single thread does not open, truncate and close every file just so the
@@ -355,8 +367,6 @@ class Restorer:
                 os.close(fd)
         if node.get("links", 1) > 1:
             self._links[link_key] = dest
-        if not self.opts.verify:  # planned: only metadata is needed from here on
-            item.node = _metadata(node)
         self._files.append(item)
         if item.remaining == 0:
             p.files_done += 1
@@ -436,24 +446,23 @@ class Restorer:
                     self.progress.files_done += 1
 
     # ------------------------------------------------------------------ phase 3
-    def _apply_metadata(self, path: bytes, node: Node, ours: bool = False) -> None:
-        is_link = node["type"] == "symlink"
+    def _apply_metadata(self, path: bytes, meta: _Meta, ours: bool = False) -> None:
         if self._owners:
-            uid, gid = node.get("uid", -1), node.get("gid", -1)
+            uid, gid = meta.uid, meta.gid
             # What this restore made is owned by our ids: nothing to check when they match.
             if not (ours and uid in (-1, self._ids[0]) and gid in (-1, self._ids[1])):
                 self._set_owner(path, uid, gid)
-        if not is_link:
-            os.chmod(path, node.get("mode", 0o644))
-        for name, value in node.get("xattrs") or ():
+        if meta.type != "symlink":
+            os.chmod(path, meta.mode)
+        for name, value in meta.xattrs or ():
             try:
                 os.setxattr(path, name, value, follow_symlinks=False)
             except OSError as exc:
                 if exc.errno not in (errno.ENOTSUP, errno.EPERM):
                     self._warn(f"{os.fsdecode(path)}: cannot set xattr: {exc.strerror}")
-        if "mtime" in node:
-            os.utime(path, ns=(node.get("atime", node["mtime"]), node["mtime"]),
-                     follow_symlinks=False)
+        if meta.mtime is not None:
+            atime = meta.atime if meta.atime is not None else meta.mtime
+            os.utime(path, ns=(atime, meta.mtime), follow_symlinks=False)
 
     def _set_owner(self, path: bytes, uid: int, gid: int) -> None:
         try:
@@ -475,14 +484,14 @@ class Restorer:
                         os.ftruncate(fd, item.size)
                     finally:
                         os.close(fd)
-                self._apply_metadata(item.path, item.node, item.ours)
+                self._apply_metadata(item.path, item.meta, item.ours)
             except OSError as exc:
                 self._warn(f"{os.fsdecode(item.path)}: {exc.strerror}")
 
     def _finish_dirs(self) -> None:
         for item in sorted(self._dirs, key=lambda i: i.path.count(b"/"), reverse=True):
             try:
-                self._apply_metadata(item.path, item.node, item.ours)
+                self._apply_metadata(item.path, item.meta, item.ours)
             except OSError as exc:
                 self._warn(f"{os.fsdecode(item.path)}: {exc.strerror}")
 
@@ -491,7 +500,7 @@ class Restorer:
         key = self.repo.key
         for item in self._files:
             node = item.node
-            if node["type"] != "file":
+            if node is None or item.meta.type != "file":
                 continue
             try:
                 with open(item.path, "rb") as f:
