@@ -35,6 +35,8 @@ from .walker import find_node, walk
 
 OVERWRITE_MODES = ("always", "if-changed", "if-newer", "never")
 _COALESCE_GAP = 256 * 1024
+# A range larger than this (remote stores read whole packs) is decoded as its body arrives.
+_STREAM_ABOVE = 8 * 1024 * 1024
 _ZERO_BLOCK = bytes(1024 * 1024)
 
 
@@ -406,26 +408,66 @@ class Restorer:
                     groups[-1].append(bid)
                     continue
             groups.append([bid])
-        codec = self.repo.codec
         for group in groups:
             first, last = self._locs[group[0]], self._locs[group[-1]]
-            start, end = first.offset, last.offset + last.length
-            try:
-                data = self.repo.backend.get(name, start, end - start)
-            except Exception as exc:
-                self._warn(f"cannot read {name}: {exc}; "
-                           + _affected(place for b in group for place in blobs[b]))
-                continue
-            view = memoryview(data)
+            if last.offset + last.length - first.offset > _STREAM_ABOVE:
+                self._fill_streamed(name, group, blobs)
+            else:
+                self._fill_group(name, group, blobs)
+
+    def _fill_group(self, name: str, group: list[bytes], blobs: dict[bytes, list]) -> None:
+        """Blobs of one pack close together: one ranged read, then each blob."""
+        first, last = self._locs[group[0]], self._locs[group[-1]]
+        start, end = first.offset, last.offset + last.length
+        try:
+            data = self.repo.backend.get(name, start, end - start)
+        except Exception as exc:
+            self._warn(f"cannot read {name}: {exc}; "
+                       + _affected(place for b in group for place in blobs[b]))
+            return
+        view = memoryview(data)
+        for bid in group:
+            loc = self._locs[bid]
+            self._decode_and_write(name, bid, view[loc.offset - start:loc.offset - start + loc.length],
+                                   blobs[bid])
+
+    def _fill_streamed(self, name: str, group: list[bytes], blobs: dict[bytes, list]) -> None:
+        """A large range (a remote pack, read whole): one request whose body is decoded blob
+        by blob as it arrives, so memory holds a blob rather than the range. If the body
+        breaks off, the rest is read with one (retried) ranged get."""
+        first, last = self._locs[group[0]], self._locs[group[-1]]
+        start, end = first.offset, last.offset + last.length
+        done = 0
+        try:
+            stream = self.repo.backend.get_stream(name, start, end - start)
+        except Exception as exc:
+            self._warn(f"cannot read {name}: {exc}; "
+                       + _affected(place for b in group for place in blobs[b]))
+            return
+        try:
+            pos = start
             for bid in group:
                 loc = self._locs[bid]
-                try:
-                    stored = view[loc.offset - start:loc.offset - start + loc.length]
-                    plain = codec.decode(loc.entry(bid), stored, f"blob {bid.hex()[:16]} in {name}")
-                except Exception as exc:
-                    self._warn(f"{exc}; " + _affected(blobs[bid]))
-                    continue
-                self._write_blob(plain, blobs[bid])
+                while pos < loc.offset:  # a gap of unneeded blobs (at most _COALESCE_GAP)
+                    pos += len(stream.read(min(loc.offset - pos, 1 << 20)))
+                stored = stream.read(loc.length)
+                pos += loc.length
+                done += 1
+                self._decode_and_write(name, bid, stored, blobs[bid])
+        except Exception:
+            if done < len(group):
+                self._fill_group(name, group[done:], blobs)
+        finally:
+            stream.close()
+
+    def _decode_and_write(self, name: str, bid: bytes, stored, places: list) -> None:
+        loc = self._locs[bid]
+        try:
+            plain = self.repo.codec.decode(loc.entry(bid), stored, f"blob {bid.hex()[:16]} in {name}")
+        except Exception as exc:
+            self._warn(f"{exc}; " + _affected(places))
+            return
+        self._write_blob(plain, places)
 
     def _write_blob(self, plain: bytes, places: list) -> None:
         skip_zeros = self.opts.sparse and plain.count(0) == len(plain)  # (strip would copy)

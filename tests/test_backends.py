@@ -31,6 +31,7 @@ from conftest import selected_backend_kinds
 from dedupe.errors import (
     AlreadyExists,
     BackendConfigError,
+    BackendError,
     NotFound,
     PermissionDenied,
     TransientError,
@@ -93,6 +94,38 @@ def test_ranged_get(backend):
     assert backend.get("index/i", len(data), 10) == b""
     assert backend.get("index/i", 5, 0) == b""
     assert backend.get("index/i", 0, len(data)) == data
+
+
+def test_streamed_range_reads_exact_pieces_in_order(backend):
+    data = os.urandom(3 * MiB + 333)
+    name = pack_name("ab" * 32)
+    backend.put(name, data)
+    stream = backend.get_stream(name, 1000, 2 * MiB + 7)
+    try:
+        assert stream.read(100) == data[1000:1100]
+        assert stream.read(MiB) == data[1100:1100 + MiB]
+        assert stream.read(MiB - 93) == data[1100 + MiB:1000 + 2 * MiB + 7]
+    finally:
+        stream.close()
+    stream = backend.get_stream(name, len(data) - 10, 10)
+    assert stream.read(10) == data[-10:]
+    stream.close()
+
+
+def test_streamed_range_past_the_end_raises(backend):
+    backend.put("index/i", b"0123456789")
+    stream = backend.get_stream("index/i", 4, 100)  # asks for more than the object holds
+    try:
+        assert stream.read(6) == b"456789"
+        with pytest.raises(BackendError):
+            stream.read(1)
+    finally:
+        stream.close()
+
+
+def test_streamed_range_of_a_missing_object_is_not_found(backend):
+    with pytest.raises(NotFound):
+        backend.get_stream(pack_name("cd" * 32), 0, 10)
 
 
 def test_empty_object(backend):
@@ -581,6 +614,39 @@ def test_request_counts(repo_location, backend):
         assert counts == {"PUT": 1, "GET": 2, "HEAD": 1, "LIST": 1, "DELETE": 1, "other": 0}
 
 
+def test_streams_through_the_wrappers(backend):
+    """Each wrapper streams (counts a GET, retries the opening, breaks midway on a fault):
+    none falls back to a buffered get that would hold the whole range."""
+    data = os.urandom(64 * 1024)
+    backend.put("index/s", data)
+    counting = CountingBackend(backend)
+    flaky = Scripted(counting, get_stream=["before", "before"])
+    r, sleeps = retrying(flaky)
+    stream = r.get_stream("index/s", 0, len(data))
+    assert type(stream).__name__ in ("_FileRange", "_BodyRange")  # not a buffered fallback
+    assert stream.read(len(data)) == data
+    stream.close()
+    assert flaky.calls["get_stream"] == 3 and len(sleeps) == 2
+    assert request_counts(r)["GET"] == 1  # the two failures never reached the counter
+    faulty = FaultInjectingBackend(backend, error_rate=1.0, seed=0, ops=["get"])
+    outcomes = []
+    for _ in range(20):
+        try:
+            stream = faulty.get_stream("index/s", 0, len(data))
+        except TransientError:
+            outcomes.append("before")
+            continue
+        try:
+            assert stream.read(len(data) // 2) == data[:len(data) // 2]
+            with pytest.raises(TransientError):
+                stream.read(1)
+            outcomes.append("midway")
+        finally:
+            stream.close()
+    assert set(outcomes) == {"before", "midway"}
+    assert faulty.injected["get:midway"] == outcomes.count("midway")
+
+
 def test_request_counts_of_bare_backends(tmp_path):
     assert request_counts(LocalBackend(str(tmp_path))) == dict.fromkeys(
         ("PUT", "GET", "HEAD", "LIST", "DELETE", "other"), 0)
@@ -620,6 +686,9 @@ class Scripted:
 
     def get(self, name, offset=0, length=None):
         return self._run("get", lambda: self.inner.get(name, offset, length))
+
+    def get_stream(self, name, offset, length):
+        return self._run("get_stream", lambda: self.inner.get_stream(name, offset, length))
 
     def stat(self, name):
         return self._run("stat", lambda: self.inner.stat(name))

@@ -15,7 +15,7 @@ import threading
 from collections import Counter
 from typing import Any, Iterator
 
-from .base import Backend, BackendWrapper, ObjectInfo
+from .base import Backend, BackendWrapper, ObjectInfo, RangeStream
 
 KINDS = ("PUT", "GET", "HEAD", "LIST", "DELETE", "other")
 
@@ -44,6 +44,10 @@ class CountingBackend(BackendWrapper):
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         self._count("GET")
         return self.inner.get(name, offset, length)
+
+    def get_stream(self, name: str, offset: int, length: int) -> RangeStream:
+        self._count("GET")
+        return self.inner.get_stream(name, offset, length)
 
     def stat(self, name: str) -> ObjectInfo:
         self._count("HEAD")

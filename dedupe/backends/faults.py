@@ -9,7 +9,8 @@ with probability ``error_rate``, in one of two ways chosen at random:
   back (a put stored the object, a delete removed it, a get read it). This is the case that
   catches naive retry logic: the retried put meets its own object.
 
-``list`` can also fail half-way, after handing out some entries.
+``list`` can also fail half-way, after handing out some entries, and a ``get_stream`` in the
+middle of its range (an "after" fault there).
 
 Only ``TransientError`` is raised, as a real backend does for such failures.
 """
@@ -20,10 +21,10 @@ import random
 import threading
 import time
 from collections import Counter
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..errors import TransientError
-from .base import Backend, BackendWrapper, ObjectInfo
+from .base import Backend, BackendWrapper, ObjectInfo, RangeStream
 
 ALL_OPS = ("put", "get", "stat", "list", "delete")
 
@@ -78,6 +79,17 @@ class FaultInjectingBackend(BackendWrapper):
             raise self._fault("get", when, name)
         return data
 
+    def get_stream(self, name: str, offset: int, length: int) -> RangeStream:
+        """A "get" fault strikes before the stream opens, or midway: the read that reaches
+        half the range raises, as a connection cut during the body would."""
+        when = self._draw("get")
+        if when == "before":
+            raise self._fault("get", when, name)
+        stream = self.inner.get_stream(name, offset, length)
+        if when == "after":
+            return _BrokenMidway(stream, length // 2, lambda: self._fault("get", "midway", name))
+        return stream
+
     def stat(self, name: str) -> ObjectInfo:
         when = self._draw("stat")
         if when == "before":
@@ -110,3 +122,17 @@ class FaultInjectingBackend(BackendWrapper):
         self.inner.delete(name)
         if when == "after":
             raise self._fault("delete", when, name)
+
+
+class _BrokenMidway:
+    def __init__(self, inner: RangeStream, good: int, fault: Callable[[], TransientError]) -> None:
+        self._inner, self._good, self._fault = inner, good, fault
+
+    def read(self, n: int) -> bytes:
+        if n > self._good:
+            raise self._fault()
+        self._good -= n
+        return self._inner.read(n)
+
+    def close(self) -> None:
+        self._inner.close()

@@ -30,7 +30,7 @@ import time
 from typing import Callable, Iterator, TypeVar
 
 from ..errors import AlreadyExists, NotFound, TransientError
-from .base import Backend, BackendWrapper, ObjectInfo
+from .base import Backend, BackendWrapper, ObjectInfo, RangeStream
 
 T = TypeVar("T")
 
@@ -90,6 +90,10 @@ class RetryBackend(BackendWrapper):
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         return self._call(lambda: self.inner.get(name, offset, length))
+
+    def get_stream(self, name: str, offset: int, length: int) -> RangeStream:
+        # Opening is retried; a read that fails midway is the caller's (see base.py).
+        return self._call(lambda: self.inner.get_stream(name, offset, length))
 
     def stat(self, name: str) -> ObjectInfo:
         return self._call(lambda: self.inner.stat(name))
