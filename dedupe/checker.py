@@ -32,7 +32,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from . import verifystate
 from .affected import map_affected
@@ -357,13 +357,46 @@ class Checker:
             self.progress.trees += 1
         return nodes
 
+    def _load_level(self, level: list[bytes]) -> Iterator[tuple[bytes, list[Node] | None]]:
+        """(tree id, nodes or None) for each tree of ``level``. Their packs are fetched on the
+        pool, a memory budget's worth at a time (downloads overlap), and the trees decoded
+        here: handing each tree to a thread cost more than decoding it (~15 us), and the
+        decoding holds the GIL anyway."""
+        by_pack: dict[bytes | None, list[bytes]] = {}
+        for tree_id in level:
+            loc = self._index.lookup(tree_id, BLOB_TREE)
+            by_pack.setdefault(loc.pack_id if loc is not None else None, []).append(tree_id)
+        packs = [p for p in by_pack if p is not None]
+        budget, i = TREE_PACK_MEMORY // 2, 0
+        while i < len(packs):
+            batch, size = [], 0
+            while i < len(packs) and (not batch or size + self._present.get(packs[i], 0) <= budget):
+                size += self._present.get(packs[i], 0)
+                batch.append(packs[i])
+                i += 1
+            with self._lock:
+                missing = [p for p in batch if p not in self._tree_packs]
+            if len(missing) > 1:
+                self._pool_map(self._prefetch_tree_pack, missing)
+            for pack_id in batch:
+                for tree_id in by_pack[pack_id]:
+                    yield tree_id, self._load_tree_reporting(tree_id)
+        for tree_id in by_pack.get(None, ()):
+            yield tree_id, self._load_tree_reporting(tree_id)  # reports it missing
+
+    def _prefetch_tree_pack(self, pack_id: bytes) -> None:
+        try:
+            self._tree_pack(pack_id)
+        except Exception:  # noqa: BLE001 - reported by the loads of its trees
+            pass
+
     def _walk_trees(self) -> None:
         self.progress.phase = "trees"
         level = list(dict.fromkeys(s.tree for s in self._snapshots))
         self._trees.update(level)
         while level:
             following = []
-            for tree_id, nodes in zip(level, self._pool_map(self._load_tree_reporting, level)):
+            for tree_id, nodes in self._load_level(level):
                 for node in nodes or ():
                     kind = node["type"]
                     if kind == "file":
