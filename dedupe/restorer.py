@@ -103,6 +103,8 @@ class _Item:
     lazy: bool = False
     # Created by this restore in a fresh directory: owned by our effective uid and gid.
     ours: bool = False
+    # Mode a regular file is created with: its own when the umask keeps it (see _file_mode).
+    mode: int = 0o600
 
 
 # Opening a planned file to write a blob: never through a symlink put there since the plan.
@@ -115,6 +117,26 @@ def _affected(places) -> str:
     paths = list(dict.fromkeys(os.fsdecode(item.path) for item, _ in places))
     more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
     return "affected: " + ", ".join(paths[:3]) + more
+
+
+def _umask() -> int | None:
+    """The process's umask, read without setting it (os.umask would, for all threads)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _default_acl(path: bytes) -> bool:
+    try:
+        os.getxattr(path, "system.posix_acl_default")
+    except OSError as exc:
+        return exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP)
+    return True
 
 
 def _remove(path: bytes) -> None:
@@ -151,6 +173,7 @@ class Restorer:
         # fail, not escape.
         self._fresh_dirs: set[bytes] = set()
         self._ids = (os.geteuid(), os.getegid())
+        self._umask = _umask()
         self._owners = os.geteuid() == 0 if self.opts.owners is None else self.opts.owners
 
     def _warn(self, message: str) -> None:
@@ -194,6 +217,8 @@ class Restorer:
                     # (a set-group-ID target would hand its group to what is made in it)
                     if next(it, None) is None and not os.stat(root).st_mode & stat.S_ISGID:
                         self._fresh_dirs.add(root)
+                if _default_acl(root):  # it, not the umask, sets the modes of new files
+                    self._umask = None
             cut = len(prefix) if prefix != b"/" else 0
             for path, node in walk(self.repo, start["subtree"], prefix, self._descend):
                 self._plan_entry(root + path[cut:], path, node)
@@ -336,6 +361,7 @@ class Restorer:
         parts = node.get("content") or ()
         item = _Item(dest, _meta(node), node if self.opts.verify else None, size=size,
                      ours=fresh)
+        item.mode = self._file_mode(item.meta.mode)
         # A file made only of blobs, not hard-linked, is created by the first of its blobs to
         # be written (open with O_CREAT in the thread pool): it grows to its size by itself,
         # and this single thread does not open, truncate and close every file just so the
@@ -343,7 +369,7 @@ class Restorer:
         # (Not with --sparse: a zero blob is skipped, so it could not create or grow the file.)
         item.lazy = bool(parts) and node.get("links", 1) == 1 and not self.opts.sparse and \
             not any(isinstance(part, int) for part in parts)
-        fd = None if item.lazy else os.open(dest, _CREATE | os.O_TRUNC, 0o600)
+        fd = None if item.lazy else os.open(dest, _CREATE | os.O_TRUNC, item.mode)
         try:
             if fd is not None:
                 os.ftruncate(fd, size)
@@ -474,7 +500,7 @@ class Restorer:
         for item, offset in places:
             if not skip_zeros:
                 try:
-                    fd = os.open(item.path, _CREATE if item.lazy else _REOPEN, 0o600)
+                    fd = os.open(item.path, _CREATE if item.lazy else _REOPEN, item.mode)
                     try:
                         os.pwrite(fd, plain, offset)
                     finally:
@@ -488,13 +514,15 @@ class Restorer:
                     self.progress.files_done += 1
 
     # ------------------------------------------------------------------ phase 3
-    def _apply_metadata(self, path: bytes, meta: _Meta, ours: bool = False) -> None:
+    def _apply_metadata(self, path: bytes, meta: _Meta, ours: bool = False,
+                        made_with: int | None = None) -> None:
+        """``made_with``: the mode a file this restore made was created with."""
         if self._owners:
             uid, gid = meta.uid, meta.gid
             # What this restore made is owned by our ids: nothing to check when they match.
             if not (ours and uid in (-1, self._ids[0]) and gid in (-1, self._ids[1])):
                 self._set_owner(path, uid, gid)
-        if meta.type != "symlink":
+        if meta.type != "symlink" and made_with != meta.mode:
             os.chmod(path, meta.mode)
         for name, value in meta.xattrs or ():
             try:
@@ -505,6 +533,22 @@ class Restorer:
         if meta.mtime is not None:
             atime = meta.atime if meta.atime is not None else meta.mtime
             os.utime(path, ns=(atime, meta.mtime), follow_symlinks=False)
+
+    def _made_with(self, item: _Item) -> int | None:
+        """The mode a regular file this restore made has now, if known for sure."""
+        if (item.ours and item.meta.type == "file" and self._umask is not None
+                and not item.mode & self._umask):
+            return item.mode
+        return None
+
+    def _file_mode(self, mode: int) -> int:
+        """The mode to create a regular file with: its final one when the umask leaves it
+        whole and it lets us write (no set-ID or sticky bits, which a chown would clear), so
+        that phase 3 need not chmod it (a syscall per file on the one thread); else 0o600."""
+        if (self._umask is not None and not mode & ~0o777 and mode & 0o600 == 0o600
+                and not mode & self._umask):
+            return mode
+        return 0o600
 
     def _set_owner(self, path: bytes, uid: int, gid: int) -> None:
         try:
@@ -521,12 +565,12 @@ class Restorer:
         for item in self._files:
             try:
                 if item.lazy and item.remaining:  # blobs were lost: the file at full size
-                    fd = os.open(item.path, _CREATE, 0o600)
+                    fd = os.open(item.path, _CREATE, item.mode)
                     try:
                         os.ftruncate(fd, item.size)
                     finally:
                         os.close(fd)
-                self._apply_metadata(item.path, item.meta, item.ours)
+                self._apply_metadata(item.path, item.meta, item.ours, self._made_with(item))
             except OSError as exc:
                 self._warn(f"{os.fsdecode(item.path)}: {exc.strerror}")
 

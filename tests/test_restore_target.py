@@ -254,3 +254,62 @@ def test_streamed_pack_reads_survive_connections_cut_midway(tmp_path, monkeypatc
     assert tree_digest(str(tmp_path / "target" / str(src).lstrip("/"))) == tree_digest(str(src))
     assert faulty.injected["get:midway"] > 0 and read_ranges  # the fallback did run
 
+
+
+MODES = [0o644, 0o664, 0o755, 0o600, 0o640, 0o444, 0o700, 0o666, 0o4755, 0o2750]
+
+
+@pytest.fixture
+def moded_snapshot(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for mode in MODES:
+        for content in (b"", b"data"):  # empty files are made in the plan, others by a blob
+            f = src / f"{mode:o}-{len(content)}"
+            f.write_bytes(content)
+            os.chmod(f, mode)
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), b"pw", kdf=KdfParams(1, 8 << 20),
+                           cache_root=str(tmp_path / "cache"))
+    return repo, Archiver(repo).backup([str(src)]).snapshot, src
+
+
+def modes(top: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mode & 0o7777 for p in top.iterdir()}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077, 0o000, 0o277])
+def test_restored_file_modes_whatever_the_umask(moded_snapshot, tmp_path, umask):
+    """A file is created with its final mode when the umask keeps it (no chmod later); the
+    others are created 0o600 and chmod'ed. Either way it ends with the snapshot's mode."""
+    repo, snap, src = moded_snapshot
+    old = os.umask(umask)
+    try:
+        restorer = Restorer(repo, RestoreOptions())
+        restorer.restore(snap, str(tmp_path / "target"))
+    finally:
+        os.umask(old)
+    assert restorer.warnings == []
+    assert modes(tmp_path / "target" / str(src).lstrip("/")) == modes(src)
+
+
+def test_restored_file_modes_under_a_default_acl(moded_snapshot, tmp_path):
+    """A default ACL on the target, not the umask, masks the modes of new files: the modes
+    must still come out as in the snapshot."""
+    import errno
+    import struct
+
+    repo, snap, src = moded_snapshot
+    target = tmp_path / "target"
+    target.mkdir()
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, 0xFFFFFFFF)
+                                          for tag, perm in ((0x01, 7), (0x04, 7), (0x20, 0)))
+    try:
+        os.setxattr(target, "system.posix_acl_default", acl)  # u::rwx g::rwx o::---
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            pytest.skip("this file system has no POSIX ACLs")
+        raise
+    restorer = Restorer(repo, RestoreOptions())
+    restorer.restore(snap, str(target))
+    assert restorer.warnings == []
+    assert modes(target / str(src).lstrip("/")) == modes(src)
