@@ -105,6 +105,8 @@ class _Item:
     ours: bool = False
     # Mode a regular file is created with: its own when the umask keeps it (see _file_mode).
     mode: int = 0o600
+    # The mode it has once made, when that is certain (made in a fresh directory, umask known).
+    made_with: int | None = None
 
 
 # Opening a planned file to write a blob: never through a symlink put there since the plan.
@@ -362,6 +364,8 @@ class Restorer:
         item = _Item(dest, _meta(node), node if self.opts.verify else None, size=size,
                      ours=fresh)
         item.mode = self._file_mode(item.meta.mode)
+        if fresh and self._umask is not None and not item.mode & self._umask:
+            item.made_with = item.mode
         # A file made only of blobs, not hard-linked, is created by the first of its blobs to
         # be written (open with O_CREAT in the thread pool): it grows to its size by itself,
         # and this single thread does not open, truncate and close every file just so the
@@ -435,21 +439,29 @@ class Restorer:
                     continue
             groups.append([bid])
         for group in groups:
-            first, last = self._locs[group[0]], self._locs[group[-1]]
-            if last.offset + last.length - first.offset > _STREAM_ABOVE:
+            start, end = self._span(group)
+            if end - start > _STREAM_ABOVE:
                 self._fill_streamed(name, group, blobs)
             else:
                 self._fill_group(name, group, blobs)
 
+    def _span(self, group: list[bytes]) -> tuple[int, int]:
+        """(start, end) of the pack's bytes a group of blobs (in offset order) covers."""
+        last = self._locs[group[-1]]
+        return self._locs[group[0]].offset, last.offset + last.length
+
+    def _unreadable(self, name: str, exc: Exception, group: list[bytes],
+                    blobs: dict[bytes, list]) -> None:
+        self._warn(f"cannot read {name}: {exc}; "
+                   + _affected(place for b in group for place in blobs[b]))
+
     def _fill_group(self, name: str, group: list[bytes], blobs: dict[bytes, list]) -> None:
         """Blobs of one pack close together: one ranged read, then each blob."""
-        first, last = self._locs[group[0]], self._locs[group[-1]]
-        start, end = first.offset, last.offset + last.length
+        start, end = self._span(group)
         try:
             data = self.repo.backend.get(name, start, end - start)
         except Exception as exc:
-            self._warn(f"cannot read {name}: {exc}; "
-                       + _affected(place for b in group for place in blobs[b]))
+            self._unreadable(name, exc, group, blobs)
             return
         view = memoryview(data)
         for bid in group:
@@ -461,14 +473,12 @@ class Restorer:
         """A large range (a remote pack, read whole): one request whose body is decoded blob
         by blob as it arrives, so memory holds a blob rather than the range. If the body
         breaks off, the rest is read with one (retried) ranged get."""
-        first, last = self._locs[group[0]], self._locs[group[-1]]
-        start, end = first.offset, last.offset + last.length
+        start, end = self._span(group)
         done = 0
         try:
             stream = self.repo.backend.get_stream(name, start, end - start)
         except Exception as exc:
-            self._warn(f"cannot read {name}: {exc}; "
-                       + _affected(place for b in group for place in blobs[b]))
+            self._unreadable(name, exc, group, blobs)
             return
         try:
             pos = start
@@ -534,13 +544,6 @@ class Restorer:
             atime = meta.atime if meta.atime is not None else meta.mtime
             os.utime(path, ns=(atime, meta.mtime), follow_symlinks=False)
 
-    def _made_with(self, item: _Item) -> int | None:
-        """The mode a regular file this restore made has now, if known for sure."""
-        if (item.ours and item.meta.type == "file" and self._umask is not None
-                and not item.mode & self._umask):
-            return item.mode
-        return None
-
     def _file_mode(self, mode: int) -> int:
         """The mode to create a regular file with: its final one when the umask leaves it
         whole and it lets us write (no set-ID or sticky bits, which a chown would clear), so
@@ -570,7 +573,7 @@ class Restorer:
                         os.ftruncate(fd, item.size)
                     finally:
                         os.close(fd)
-                self._apply_metadata(item.path, item.meta, item.ours, self._made_with(item))
+                self._apply_metadata(item.path, item.meta, item.ours, item.made_with)
             except OSError as exc:
                 self._warn(f"{os.fsdecode(item.path)}: {exc.strerror}")
 

@@ -40,7 +40,7 @@ several threads at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Protocol, runtime_checkable
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 from ..errors import BackendError
 
@@ -78,6 +78,17 @@ class RangeStream(Protocol):
     def read(self, n: int) -> bytes: ...
 
     def close(self) -> None: ...
+
+
+def read_exactly(read: Callable[[int], bytes], n: int) -> bytes | None:
+    """``n`` bytes from successive ``read(k)`` calls, or None if the source ends first."""
+    data = read(n)
+    while len(data) < n:
+        more = read(n - len(data))
+        if not more:
+            return None
+        data += more
+    return data
 
 
 class BufferedRange:

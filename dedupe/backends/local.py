@@ -15,7 +15,7 @@ import uuid
 from typing import Iterator
 
 from ..errors import AlreadyExists, BackendError, NotFound, PermissionDenied
-from .base import NAMESPACES, ObjectInfo, check_name
+from .base import NAMESPACES, ObjectInfo, check_name, read_exactly
 
 _TMP_PREFIX = ".tmp-"
 
@@ -154,15 +154,11 @@ class _FileRange:
 
     def read(self, n: int) -> bytes:
         try:
-            data = self._f.read(n)
-            while len(data) < n:
-                more = self._f.read(n - len(data))
-                if not more:
-                    raise BackendError(f"{self._name} ends before the range read from it",
-                                       self._name)
-                data += more
+            data = read_exactly(self._f.read, n)
         except OSError as exc:
             raise self._oserror(exc, self._name) from exc
+        if data is None:
+            raise BackendError(f"{self._name} ends before the range read from it", self._name)
         return data
 
     def close(self) -> None:

@@ -56,7 +56,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, IncompleteReadError
 
 from ..errors import AlreadyExists, BackendConfigError, BackendError, NotFound, TransientError
-from .base import NAMESPACES, BufferedRange, ObjectInfo, check_name
+from .base import NAMESPACES, BufferedRange, ObjectInfo, check_name, read_exactly
 from .s3_errors import ErrorMapper, error_code, is_not_implemented
 
 log = logging.getLogger(__name__)
@@ -259,12 +259,9 @@ class _BodyRange:
 
     def read(self, n: int) -> bytes:
         try:
-            data = self._body.read(n)
-            while len(data) < n:
-                more = self._body.read(n - len(data))
-                if not more:  # (botocore raises first when the body is shorter than announced)
-                    raise IncompleteReadError(actual_bytes=len(data), expected_bytes=n)
-                data += more
+            data = read_exactly(self._body.read, n)
+            if data is None:  # (botocore raises first when the body is shorter than announced)
+                raise IncompleteReadError(actual_bytes=0, expected_bytes=n)
         except (BotoCoreError, OSError) as exc:
             raise self._fail(exc, "get", self._name) from None
         return data
