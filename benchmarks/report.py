@@ -33,7 +33,7 @@ INFO = [
     ("time-backup-initial", "initial backup time (s)"),
     ("cpu-backup-initial", "initial backup CPU user+sys (s)"),
     ("bytes-repo-initial", "repository size after initial backup (MiB)"),
-    ("bytes-unchanged-added", "unchanged re-backup bytes added (MiB)"),
+    ("bytes-unchanged-added", "bytes added per unchanged re-backup (MiB)"),
     ("files-day2", "day-2 files new / changed / unmodified"),
     ("time-restore", "restore time (s)"),
     ("time-check", "check --read-data time (s)"),
@@ -52,8 +52,10 @@ class Row:
     met: str
 
 
-def _values(tool: dict, corpus_bytes: int, restored_bytes: int) -> dict[str, float | str]:
-    """Numbers of one tool, keyed like TARGETS/INFO; a key is absent when not measured."""
+def _values(tool: dict, corpus_bytes: int, restored_bytes: int,
+            rounds: int = 1) -> dict[str, float | str]:
+    """Numbers of one tool, keyed like TARGETS/INFO; a key is absent when not measured.
+    ``rounds`` is how many unchanged re-backups ran (their growth is reported per backup)."""
     phases = tool.get("phases", {})
     ok = {p: s for p, s in phases.items() if s.get("status") == "ok"}
     repo = tool.get("repo", {})
@@ -77,7 +79,8 @@ def _values(tool: dict, corpus_bytes: int, restored_bytes: int) -> dict[str, flo
         v["rss-check"] = ok["check"]["maxrss_kb"] / 1024
     if {"after-initial", "after-unchanged"} <= repo.keys():
         v["bytes-repo-initial"] = repo["after-initial"] / MiB
-        v["bytes-unchanged-added"] = (repo["after-unchanged"] - repo["after-initial"]) / MiB
+        v["bytes-unchanged-added"] = ((repo["after-unchanged"] - repo["after-initial"]) / MiB
+                                      / rounds)
     if {"after-unchanged", "after-day2"} <= repo.keys():
         v["bytes-day2-added"] = (repo["after-day2"] - repo["after-unchanged"]) / MiB
         v["bytes-repo"] = repo["after-day2"] / MiB
@@ -109,7 +112,8 @@ def _why_missing(tool: dict) -> str:
 
 def rows(result: dict) -> list[Row]:
     tools = result["tools"]
-    vals = {t: _values(tools.get(t, {}), result["corpus_bytes"], result["restored_bytes"])
+    vals = {t: _values(tools.get(t, {}), result["corpus_bytes"], result["restored_bytes"],
+                       result.get("repeat", 1))
             for t in TOOLS}
     out = []
     for key, label, op, bound in TARGETS:
@@ -132,6 +136,12 @@ def rows(result: dict) -> list[Row]:
         s, r = vals["snap"].get(key), vals["restic"].get(key)
         ratio = f"{s / r:.2f}" if isinstance(s, float) and isinstance(r, float) and r else ""
         out.append(Row(label, _fmt(s), _fmt(r), ratio, "", ""))
+    for phase in PHASES:
+        cells = [tools.get(t, {}).get("phases", {}).get(phase, {}).get("walls") for t in TOOLS]
+        if any(cells):
+            out.append(Row(f"{phase} rounds, in run order (s)",
+                           *(" / ".join(f"{w:.2f}" for w in c) if c else "" for c in cells),
+                           "", "", ""))
     if result.get("backend") == "s3":
         for phase in PHASES:
             cells = []
