@@ -8,8 +8,8 @@ Order of work (each problem becomes a ``Finding``, see checkreport.py; nothing i
 2. One listing of ``data/``: every indexed pack must exist with the exact size its index
    records imply (blobs from offset 0, then the sealed header of 1 + 48 n bytes, then the
    4-byte header length).
-3. Every tree reachable from a snapshot is loaded once (level by level, concurrently); every
-   blob it references must be in the index.
+3. Every tree reachable from a snapshot is loaded once (level by level, each level's packs
+   fetched concurrently, see checktrees.py); every blob it references must be in the index.
 4. Pack headers: one ranged read per pack of exactly the header's length (known from the
    index), concurrently; the decrypted records must equal the index's. Packs read in full
    (step 5) skip this.
@@ -28,29 +28,28 @@ import random
 import socket
 import threading
 import time
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 from . import verifystate
 from .affected import map_affected
 from .backends.base import pack_id_from_name, pack_name
 from .checkreport import ERROR, INFO, CheckProgress, CheckResult, Finding
+from .checktrees import TreeSource
 from .crypto import OVERHEAD, storage_id
 from .errors import BackendError, IntegrityError, NotFound, UnsupportedVersion
-from .index import SMALL as SMALL_INDEX, MasterIndex, decode_index_file, load_numpy
+from .index import SMALL as SMALL_INDEX, BlobLocation, MasterIndex, decode_index_file, load_numpy
 from .locks import MARKER, SHARED, Lock, list_locks
 from .packs import (BLOB_DATA, BLOB_TREE, BLOB_TYPES, RECORD, RECORD_SIZE, BlobCodec,
                     decode_records, encode_records, parse_header_tail, parse_pack,
                     read_pack_header)
 from .snapshot import Snapshot
 from .subset import SubsetSpec, select_packs
-from .tree import Node, decode_tree, file_blobs
+from .tree import Node, file_blobs
 
 TRAILER_SIZE = 4
-TREE_PACK_MEMORY = 256 << 20  # tree packs kept in memory while walking (LRU)
 
 
 def expected_pack_size(records: bytes) -> int:
@@ -99,9 +98,8 @@ class Checker:
         self._used_data: set[bytes] = set()
         self._trees: set[bytes] = set()
         self._missing_blobs: list[Finding] = []
-        self._tree_packs: OrderedDict[bytes, bytes] = OrderedDict()
-        self._tree_pack_bytes = 0
-        self._pack_locks: dict[bytes, threading.Lock] = {}
+        self._trees_from = TreeSource(repo, self._index, self._codec, self._present,
+                                      self._pool_map)
         self._marked: set[bytes] = set()  # packs a prune marked for deletion
 
     # ------------------------------------------------------------------ helpers
@@ -291,48 +289,9 @@ class Checker:
                                  objects=sorted(unexpected)))
 
     # ------------------------------------------------------------------ 3. trees
-    def _tree_pack(self, pack_id: bytes) -> bytes:
-        """A whole tree pack, from memory, the local cache or the repository (then cached)."""
-        with self._lock:
-            data = self._tree_packs.get(pack_id)
-            if data is not None:
-                self._tree_packs.move_to_end(pack_id)
-                return data
-            lock = self._pack_locks.setdefault(pack_id, threading.Lock())
-        with lock:  # one download per pack, however many trees want it at once
-            with self._lock:
-                data = self._tree_packs.get(pack_id)
-            if data is not None:
-                return data
-            name = pack_name(pack_id.hex())
-            cache = self.repo.cache
-            data = cache.get(name) if cache is not None else None
-            if data is None:
-                data = self.repo.backend.get(name)
-                if cache is not None and storage_id(data) == pack_id.hex():
-                    cache.put(name, data)
-            with self._lock:
-                self._tree_packs[pack_id] = data
-                self._tree_pack_bytes += len(data)
-                while self._tree_pack_bytes > TREE_PACK_MEMORY and len(self._tree_packs) > 1:
-                    _, old = self._tree_packs.popitem(last=False)
-                    self._tree_pack_bytes -= len(old)
-        return data
-
-    def _load_tree(self, tree_id: bytes) -> list[Node]:
-        loc = self._index.lookup(tree_id, BLOB_TREE)
-        if loc is None:
-            raise LookupError(tree_id)
-        pack = self._tree_pack(loc.pack_id)
-        what = f"tree {tree_id.hex()} in {pack_name(loc.pack_id.hex())}"
-        stored = pack[loc.offset:loc.offset + loc.length]
-        if len(stored) != loc.length:
-            raise IntegrityError(f"{what}: pack is shorter than the index says")
-        return decode_tree(self._codec.decode(loc.entry(tree_id), stored, what), what)
-
-    def _load_tree_reporting(self, tree_id: bytes) -> list[Node] | None:
+    def _load_tree_reporting(self, tree_id: bytes, loc: BlobLocation | None) -> list[Node] | None:
         try:
-            nodes = self._load_tree(tree_id)
+            nodes = self._trees_from.load(tree_id, loc)
         except LookupError:
             f = self._error("blob_missing", f"tree {tree_id.hex()} is not in any index "
                             "(the directories and files below it are not checked)",
@@ -357,47 +316,14 @@ class Checker:
             self.progress.trees += 1
         return nodes
 
-    def _load_level(self, level: list[bytes]) -> Iterator[tuple[bytes, list[Node] | None]]:
-        """(tree id, nodes or None) for each tree of ``level``. Their packs are fetched on the
-        pool, a memory budget's worth at a time (downloads overlap), and the trees decoded
-        here: handing each tree to a thread cost more than decoding it (~15 us), and the
-        decoding holds the GIL anyway."""
-        by_pack: dict[bytes | None, list[bytes]] = {}
-        for tree_id in level:
-            loc = self._index.lookup(tree_id, BLOB_TREE)
-            by_pack.setdefault(loc.pack_id if loc is not None else None, []).append(tree_id)
-        packs = [p for p in by_pack if p is not None]
-        budget, i = TREE_PACK_MEMORY // 2, 0
-        while i < len(packs):
-            batch, size = [], 0
-            while i < len(packs) and (not batch or size + self._present.get(packs[i], 0) <= budget):
-                size += self._present.get(packs[i], 0)
-                batch.append(packs[i])
-                i += 1
-            with self._lock:
-                missing = [p for p in batch if p not in self._tree_packs]
-            if len(missing) > 1:
-                self._pool_map(self._prefetch_tree_pack, missing)
-            for pack_id in batch:
-                for tree_id in by_pack[pack_id]:
-                    yield tree_id, self._load_tree_reporting(tree_id)
-        for tree_id in by_pack.get(None, ()):
-            yield tree_id, self._load_tree_reporting(tree_id)  # reports it missing
-
-    def _prefetch_tree_pack(self, pack_id: bytes) -> None:
-        try:
-            self._tree_pack(pack_id)
-        except Exception:  # noqa: BLE001 - reported by the loads of its trees
-            pass
-
     def _walk_trees(self) -> None:
         self.progress.phase = "trees"
         level = list(dict.fromkeys(s.tree for s in self._snapshots))
         self._trees.update(level)
         while level:
             following = []
-            for tree_id, nodes in self._load_level(level):
-                for node in nodes or ():
+            for tree_id, loc in self._trees_from.in_pack_order(level):
+                for node in self._load_tree_reporting(tree_id, loc) or ():
                     kind = node["type"]
                     if kind == "file":
                         for bid in file_blobs(node):
@@ -581,7 +507,7 @@ class Checker:
         bad = self._lost()
         if bad:
             self.progress.phase = "affected"
-            map_affected(self._snapshots, bad, self._load_tree, self.opts.max_affected)
+            map_affected(self._snapshots, bad, self._trees_from.load, self.opts.max_affected)
 
     # ------------------------------------------------------------------ 7. state
     def _save_state(self, state: verifystate.LoadedState, verified: list[bytes]) -> None:

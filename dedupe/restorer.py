@@ -6,10 +6,9 @@ Three phases, so every pack is read once and only for the byte ranges needed:
    goes, create files with holes or hard links at their final size (holes come for free), make
    symlinks, FIFOs, device nodes and hard links, and record for every needed blob the
    (file, offset) places it goes to, grouped by pack.
-2. Fill (a thread pool): for each pack, fetch the needed ranges (neighbouring blobs coalesced
-   into one request), decrypt and verify each blob and ``pwrite`` it to all its places; a file
-   made only of blobs is created by the first one written. Decryption, decompression, file
-   creation and writes release the GIL, so this scales across cores.
+2. Fill (a thread pool, ``restorefill``): for each pack, fetch the needed ranges (neighbouring
+   blobs coalesced into one request), decrypt and verify each blob and ``pwrite`` it to all its
+   places; a file made only of blobs is created by the first one written.
 3. Finish: a file whose blobs could not all be read is given its full size; file metadata
    (owner, mode, xattrs, times), then directories deepest first, because writing into a
    directory changes its mtime.
@@ -22,21 +21,17 @@ import os
 import stat
 import threading
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Protocol
 
-from .backends.base import pack_name
 from .errors import IntegrityError
 from .index import BlobLocation
 from .packs import BLOB_DATA
+from .restorefill import CREATE, PackFiller
 from .tree import Node
 from .walker import find_node, walk
 
 OVERWRITE_MODES = ("always", "if-changed", "if-newer", "never")
-_COALESCE_GAP = 256 * 1024
-# A range larger than this (remote stores read whole packs) is decoded as its body arrives.
-_STREAM_ABOVE = 8 * 1024 * 1024
 _ZERO_BLOCK = bytes(1024 * 1024)
 
 
@@ -107,18 +102,6 @@ class _Item:
     mode: int = 0o600
     # The mode it has once made, when that is certain (made in a fresh directory, umask known).
     made_with: int | None = None
-
-
-# Opening a planned file to write a blob: never through a symlink put there since the plan.
-_REOPEN = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-_CREATE = _REOPEN | os.O_CREAT
-
-
-def _affected(places) -> str:
-    """'affected: a, b, c and N more' for (item, offset) places, each file named once."""
-    paths = list(dict.fromkeys(os.fsdecode(item.path) for item, _ in places))
-    more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
-    return "affected: " + ", ".join(paths[:3]) + more
 
 
 def _umask() -> int | None:
@@ -373,7 +356,7 @@ class Restorer:
         # (Not with --sparse: a zero blob is skipped, so it could not create or grow the file.)
         item.lazy = bool(parts) and node.get("links", 1) == 1 and not self.opts.sparse and \
             not any(isinstance(part, int) for part in parts)
-        fd = None if item.lazy else os.open(dest, _CREATE | os.O_TRUNC, item.mode)
+        fd = None if item.lazy else os.open(dest, CREATE | os.O_TRUNC, item.mode)
         try:
             if fd is not None:
                 os.ftruncate(fd, size)
@@ -412,116 +395,9 @@ class Restorer:
 
     # ------------------------------------------------------------------ phase 2
     def _fill(self) -> None:
-        packs = list(self._by_pack.items())
-        if not packs:
-            return
-        pool = ThreadPoolExecutor(self.opts.workers, thread_name_prefix="snap-restore")
-        try:
-            for fut in [pool.submit(self._fill_pack, pid, blobs) for pid, blobs in packs]:
-                fut.result()
-        finally:
-            # On an error or Ctrl-C, packs not yet started are dropped: the with-statement's
-            # shutdown would fetch every one of them before the exception got through.
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    def _fill_pack(self, pack_id: bytes, blobs: dict[bytes, list]) -> None:
-        name = pack_name(pack_id.hex())
-        order = sorted(blobs, key=lambda b: self._locs[b].offset)
-        groups: list[list[bytes]] = []
-        for bid in order:
-            loc = self._locs[bid]
-            if groups:
-                last = self._locs[groups[-1][-1]]
-                first = self._locs[groups[-1][0]]
-                if (loc.offset - (last.offset + last.length) <= _COALESCE_GAP
-                        and loc.offset + loc.length - first.offset <= self.opts.max_read):
-                    groups[-1].append(bid)
-                    continue
-            groups.append([bid])
-        for group in groups:
-            start, end = self._span(group)
-            if end - start > _STREAM_ABOVE:
-                self._fill_streamed(name, group, blobs)
-            else:
-                self._fill_group(name, group, blobs)
-
-    def _span(self, group: list[bytes]) -> tuple[int, int]:
-        """(start, end) of the pack's bytes a group of blobs (in offset order) covers."""
-        last = self._locs[group[-1]]
-        return self._locs[group[0]].offset, last.offset + last.length
-
-    def _unreadable(self, name: str, exc: Exception, group: list[bytes],
-                    blobs: dict[bytes, list]) -> None:
-        self._warn(f"cannot read {name}: {exc}; "
-                   + _affected(place for b in group for place in blobs[b]))
-
-    def _fill_group(self, name: str, group: list[bytes], blobs: dict[bytes, list]) -> None:
-        """Blobs of one pack close together: one ranged read, then each blob."""
-        start, end = self._span(group)
-        try:
-            data = self.repo.backend.get(name, start, end - start)
-        except Exception as exc:
-            self._unreadable(name, exc, group, blobs)
-            return
-        view = memoryview(data)
-        for bid in group:
-            loc = self._locs[bid]
-            self._decode_and_write(name, bid, view[loc.offset - start:loc.offset - start + loc.length],
-                                   blobs[bid])
-
-    def _fill_streamed(self, name: str, group: list[bytes], blobs: dict[bytes, list]) -> None:
-        """A large range (a remote pack, read whole): one request whose body is decoded blob
-        by blob as it arrives, so memory holds a blob rather than the range. If the body
-        breaks off, the rest is read with one (retried) ranged get."""
-        start, end = self._span(group)
-        done = 0
-        try:
-            stream = self.repo.backend.get_stream(name, start, end - start)
-        except Exception as exc:
-            self._unreadable(name, exc, group, blobs)
-            return
-        try:
-            pos = start
-            for bid in group:
-                loc = self._locs[bid]
-                while pos < loc.offset:  # a gap of unneeded blobs (at most _COALESCE_GAP)
-                    pos += len(stream.read(min(loc.offset - pos, 1 << 20)))
-                stored = stream.read(loc.length)
-                pos += loc.length
-                done += 1
-                self._decode_and_write(name, bid, stored, blobs[bid])
-        except Exception:
-            if done < len(group):
-                self._fill_group(name, group[done:], blobs)
-        finally:
-            stream.close()
-
-    def _decode_and_write(self, name: str, bid: bytes, stored, places: list) -> None:
-        loc = self._locs[bid]
-        try:
-            plain = self.repo.codec.decode(loc.entry(bid), stored, f"blob {bid.hex()[:16]} in {name}")
-        except Exception as exc:
-            self._warn(f"{exc}; " + _affected(places))
-            return
-        self._write_blob(plain, places)
-
-    def _write_blob(self, plain: bytes, places: list) -> None:
-        skip_zeros = self.opts.sparse and plain.count(0) == len(plain)  # (strip would copy)
-        for item, offset in places:
-            if not skip_zeros:
-                try:
-                    fd = os.open(item.path, _CREATE if item.lazy else _REOPEN, item.mode)
-                    try:
-                        os.pwrite(fd, plain, offset)
-                    finally:
-                        os.close(fd)
-                except OSError as exc:
-                    self._warn(f"{os.fsdecode(item.path)}: {exc.strerror}")
-            with self._lock:
-                item.remaining -= 1
-                self.progress.bytes_done += len(plain)
-                if item.remaining == 0:
-                    self.progress.files_done += 1
+        PackFiller(self.repo, self._locs, self.progress, workers=self.opts.workers,
+                   max_read=self.opts.max_read, sparse=self.opts.sparse, warn=self._warn,
+                   lock=self._lock).fill(self._by_pack)
 
     # ------------------------------------------------------------------ phase 3
     def _apply_metadata(self, path: bytes, meta: _Meta, ours: bool = False,
@@ -568,7 +444,7 @@ class Restorer:
         for item in self._files:
             try:
                 if item.lazy and item.remaining:  # blobs were lost: the file at full size
-                    fd = os.open(item.path, _CREATE, item.mode)
+                    fd = os.open(item.path, CREATE, item.mode)
                     try:
                         os.ftruncate(fd, item.size)
                     finally:

@@ -26,7 +26,8 @@ from dedupe.backends import (
     request_counts,
     wrap_backend,
 )
-from dedupe.backends.s3 import S3Backend, parse_s3_url
+from dedupe.backends.s3 import S3Backend
+from dedupe.backends.s3_url import parse_s3_url
 from conftest import selected_backend_kinds
 from dedupe.errors import (
     AlreadyExists,

@@ -221,7 +221,7 @@ def test_streamed_pack_reads_survive_connections_cut_midway(tmp_path, monkeypatc
     the pack is read with a retried ranged get."""
     import random
 
-    from dedupe import restorer as restorer_mod
+    from dedupe import restorefill
     from dedupe.backends import FaultInjectingBackend, RetryBackend
     from dedupe.config import Config
     from helpers import tree_digest
@@ -240,14 +240,14 @@ def test_streamed_pack_reads_survive_connections_cut_midway(tmp_path, monkeypatc
                                    seed=11, ops=["get"])
     backend = RetryBackend(faulty, attempts=30, base_delay=0.0001, max_delay=0.001, seed=2)
     reopened = Repository.open(backend, b"pw", no_cache=True)
-    monkeypatch.setattr(restorer_mod, "_STREAM_ABOVE", 0)  # every range streams
+    monkeypatch.setattr(restorefill, "_STREAM_ABOVE", 0)  # every range streams
     read_ranges = []
-    original = restorer_mod.Restorer._fill_group
+    original = restorefill.PackFiller._fill_group
 
     def fill_group(self, name, group, blobs):
         read_ranges.append(len(group))
         original(self, name, group, blobs)
-    monkeypatch.setattr(restorer_mod.Restorer, "_fill_group", fill_group)
+    monkeypatch.setattr(restorefill.PackFiller, "_fill_group", fill_group)
     restorer = Restorer(reopened, RestoreOptions(max_read=64 * 1024 * 1024, workers=2))
     restorer.restore(snap, str(tmp_path / "target"))
     assert restorer.warnings == []
