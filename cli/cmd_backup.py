@@ -9,9 +9,10 @@ from datetime import datetime
 
 import click
 
-from dedupe.archiver import Archiver, BackupOptions, BackupProgress
+from dedupe.archiver import Archiver, BackupOptions, BackupProgress, start_stat_ahead
 from dedupe.errors import SourceError
 from dedupe.filelists import collect_patterns, read_files_from
+from dedupe.statahead import StatAhead
 
 from .app import App, UsageError, pass_app
 from .errors import EXIT_INCOMPLETE
@@ -113,16 +114,23 @@ def command(app: App, paths, exclude, iexclude, exclude_file, iexclude_file, exc
         tags=[t for tag in tags for t in tag.split(",") if t], hostname=host,
         time=_parse_time(time_), read_concurrency=read_concurrency,
         with_atime=with_atime, count_totals=_shows_status(app))
-    repo = app.open_repo()
-    if parent:
-        opts.parent = repo.find_snapshot(parent)
-    progress = BackupProgress()
-    archiver = Archiver(repo, opts, progress=progress, on_warning=app.warn)
-    if use_stdin or stdin_from_command:
-        result = _backup_stream(app, archiver, sources if stdin_from_command else None,
-                                stdin_filename)
-    else:
-        result = _backup_paths(app, archiver, progress, sources)
+    streamed = use_stdin or stdin_from_command
+    # Started before the repository is opened, so its walk overlaps the key derivation.
+    early = None if streamed else start_stat_ahead(sources, opts)
+    try:
+        repo = app.open_repo()
+        if parent:
+            opts.parent = repo.find_snapshot(parent)
+        progress = BackupProgress()
+        archiver = Archiver(repo, opts, progress=progress, on_warning=app.warn)
+        if streamed:
+            result = _backup_stream(app, archiver, sources if stdin_from_command else None,
+                                    stdin_filename)
+        else:
+            result = _backup_paths(app, archiver, progress, sources, early)
+    finally:
+        if early is not None:
+            early.close()  # (the backup closed it already, unless something failed first)
     _report(app, repo, result, dry_run)
     return EXIT_INCOMPLETE if result.warnings else 0
 
@@ -132,9 +140,10 @@ def _shows_status(app: App) -> bool:
     return not app.quiet and (app.json or sys.stderr.isatty())
 
 
-def _backup_paths(app: App, archiver: Archiver, progress: BackupProgress, sources: list[str]):
+def _backup_paths(app: App, archiver: Archiver, progress: BackupProgress, sources: list[str],
+                  early: StatAhead | None):
     if not _shows_status(app):
-        return archiver.backup(sources)
+        return archiver.backup(sources, early)
     if app.json:
         def emit(final: bool) -> None:
             if not final:
@@ -146,9 +155,9 @@ def _backup_paths(app: App, archiver: Archiver, progress: BackupProgress, source
                     "percent_done": (progress.bytes_done / progress.total_bytes)
                     if progress.totals_done and progress.total_bytes else 0.0})
         with Ticker(emit, 1.0):
-            return archiver.backup(sources)
+            return archiver.backup(sources, early)
     with LiveLine(app.err) as live, Ticker(lambda final: live.update(backup_line(progress)), 0.25):
-        return archiver.backup(sources)
+        return archiver.backup(sources, early)
 
 
 def _backup_stream(app: App, archiver: Archiver, command: list[str] | None, filename: str):

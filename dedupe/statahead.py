@@ -42,32 +42,60 @@ Totals = Callable[[int, int, bool], None]  # (files, bytes, complete)
 class StatAhead:
     """Start the helper process for ``roots``; ``close`` ends it. Safe to close twice.
 
-    ``limit``: entries to walk at most (0: all). ``on_totals``: if given, the helper counts,
-    and this is called (from a reader thread) with each report."""
+    ``limit``: entries to walk at most (0: none until ``set_limit``). ``count``: the helper
+    counts totals, which go to the callback ``on_totals`` sets (from a reader thread)."""
 
-    def __init__(self, roots: list[str], limit: int = 0, on_totals: Totals | None = None) -> None:
+    def __init__(self, roots: list[str], limit: int = 0, count: bool = False) -> None:
         self._proc: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
+        self._callback: Totals | None = None
+        self._last: tuple[int, int, bool] | None = None
+        self._lock = threading.Lock()
         if not sys.executable:
             return
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", os.path.abspath(__file__), str(limit),
-                 "1" if on_totals else "0", *(os.fsencode(r) for r in roots)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if on_totals else subprocess.DEVNULL,
+                 "1" if count else "0", *(os.fsencode(r) for r in roots)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE if count else subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
         except (OSError, ValueError):
             self._proc = None
             return
-        if on_totals is not None:
-            self._reader = threading.Thread(target=_read_totals, args=(self._proc.stdout, on_totals),
+        if count:
+            self._reader = threading.Thread(target=_read_totals,
+                                            args=(self._proc.stdout, self._deliver),
                                             name="snap-totals", daemon=True)
             self._reader.start()
 
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    def on_totals(self, callback: Totals) -> None:
+        """Send the totals to ``callback`` from now on, starting with the latest report."""
+        with self._lock:
+            self._callback, last = callback, self._last
+        if last is not None:
+            callback(*last)
+
+    def _deliver(self, files: int, size: int, complete: bool) -> None:
+        with self._lock:
+            self._last, callback = (files, size, complete), self._callback
+        if callback is not None:
+            callback(files, size, complete)
+
+    def set_limit(self, limit: int) -> None:
+        """Stop the walk after ``limit`` entries (for a helper started before it was known)."""
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            return
+        try:
+            proc.stdin.write(b"%d\n" % limit)
+            proc.stdin.flush()
+        except (OSError, ValueError):  # it has finished (or is finishing) already
+            pass
 
     def close(self) -> None:
         proc, self._proc = self._proc, None
@@ -76,6 +104,11 @@ class StatAhead:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+        if proc.stdin is not None:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
         if self._reader is not None:
             self._reader.join()  # ends at the pipe's end
             proc.stdout.close()
@@ -97,14 +130,15 @@ def _read_totals(pipe, on_totals: Totals) -> None:
 
 
 def walk(roots: list[bytes], limit: int = 0, threads: int = _THREADS,
-         report: Callable[[int, int, bool], None] | None = None) -> int:
+         report: Callable[[int, int, bool], None] | None = None, limits=None) -> int:
     """``lstat`` every entry below ``roots`` (same file system only), depth first in name
     order like the walker, until ``limit`` entries were seen (0: no limit). ``report(files,
     bytes, done)`` gets the regular files counted so far every 0.25 s and at the end.
-    Returns the number of entries seen."""
+    ``limits``: lines that each set a new limit; their end ends the walk. Returns the number
+    of entries seen."""
     parent = os.getppid()
     todo: queue.LifoQueue = queue.LifoQueue()
-    state = {"pending": 0, "seen": 0, "files": 0, "bytes": 0}
+    state = {"pending": 0, "seen": 0, "files": 0, "bytes": 0, "limit": limit}
     lock = threading.Lock()
     finished = threading.Event()
 
@@ -138,7 +172,8 @@ def walk(roots: list[bytes], limit: int = 0, threads: int = _THREADS,
                 state["seen"] += n
                 state["files"] += files
                 state["bytes"] += size
-                over = (limit and state["seen"] >= limit) or os.getppid() != parent
+                over = ((state["limit"] and state["seen"] >= state["limit"])
+                        or os.getppid() != parent)
             if not over:
                 for name in subdirs:
                     add(os.path.join(path, name), dev)
@@ -157,6 +192,18 @@ def walk(roots: list[bytes], limit: int = 0, threads: int = _THREADS,
         elif stat.S_ISREG(st.st_mode):  # a file given as a source
             state["files"] += 1
             state["bytes"] += st.st_size
+    if limits is not None:
+        def read_limits() -> None:
+            for line in limits:
+                try:
+                    value = int(line)
+                except ValueError:
+                    continue
+                with lock:
+                    state["limit"] = value
+            finished.set()  # end of input: the parent closed its end or is gone
+
+        threading.Thread(target=read_limits, daemon=True).start()
     if state["pending"]:
         for _ in range(threads):
             threading.Thread(target=work, daemon=True).start()
@@ -175,9 +222,20 @@ def _print_totals(files: int, size: int, done: bool) -> None:
     sys.stdout.flush()
 
 
+def _lines(fd: int):
+    """Lines read from ``fd`` with plain ``os.read``: a thread blocked in a buffered stdin
+    would hold its lock, and the interpreter could not shut down past it."""
+    pending = b""
+    while chunk := os.read(fd, 4096):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        yield from lines
+
+
 if __name__ == "__main__":
     try:
         walk([os.fsencode(a) for a in sys.argv[3:]], int(sys.argv[1]),
-             report=_print_totals if sys.argv[2] == "1" else None)
+             report=_print_totals if sys.argv[2] == "1" else None, limits=_lines(0))
     except BrokenPipeError:  # the backup ended first
         pass
+    os._exit(0)  # (the limits reader may still be blocked in its read)

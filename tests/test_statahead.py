@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import time
@@ -14,6 +15,7 @@ from dedupe import statahead
 from dedupe.archiver import Archiver, BackupOptions
 from dedupe.backends.local import LocalBackend
 from dedupe.crypto import KdfParams
+from dedupe.errors import SourceError
 from dedupe.repository import Repository
 
 
@@ -56,7 +58,8 @@ def test_walk_reports_regular_files_and_their_bytes(tmp_path):
 def test_helper_process_reports_totals(tmp_path):
     make_tree(tmp_path / "src", 5, 5)
     got = []
-    with statahead.StatAhead([str(tmp_path / "src")], on_totals=lambda *r: got.append(r)) as ahead:
+    with statahead.StatAhead([str(tmp_path / "src")], count=True) as ahead:
+        ahead.on_totals(lambda *r: got.append(r))
         deadline = time.monotonic() + 30
         while (not got or not got[-1][2]) and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -114,9 +117,9 @@ def test_backup_starts_stat_ahead_only_with_a_large_enough_parent(tmp_path, repo
     started = []
 
     class Recorder(statahead.StatAhead):
-        def __init__(self, roots, limit):
+        def __init__(self, roots, limit, count=False):
             started.append((roots, limit))
-            super().__init__(roots, limit)
+            super().__init__(roots, limit, count)
 
     monkeypatch.setattr(archiver_mod, "StatAhead", Recorder)
     monkeypatch.setattr(archiver_mod, "STAT_AHEAD_MIN_ENTRIES", entries)
@@ -138,15 +141,91 @@ def test_backup_counts_totals_when_asked(tmp_path, repo, monkeypatch):
     started = []
 
     class Recorder(statahead.StatAhead):
-        def __init__(self, roots, limit=0, on_totals=None):
-            started.append((roots, limit, on_totals))
-            super().__init__(roots, limit, on_totals)
+        def __init__(self, roots, limit=0, count=False):
+            started.append((roots, limit, count))
+            super().__init__(roots, limit, count)
             while self.running:  # let it finish so that the totals are complete
                 time.sleep(0.01)
 
     monkeypatch.setattr(archiver_mod, "StatAhead", Recorder)
     archiver = Archiver(repo, BackupOptions(count_totals=True))
     archiver.backup([str(src)])
-    assert [(r, lim) for r, lim, _ in started] == [([str(src)], 0)]  # no parent, no limit
+    assert started == [([str(src)], 0, True)]  # no parent, no limit
     p = archiver.progress
     assert (p.total_files, p.total_bytes, p.totals_done) == (6, 6, True)
+
+
+def test_walk_takes_a_new_limit_and_ends_with_its_input(tmp_path):
+    entries = make_tree(tmp_path / "src", 200, 10)  # ~10 ms: the limit arrives well before
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, b"30\n")  # the limit arrives; the input stays open
+    seen = statahead.walk([os.fsencode(tmp_path / "src")], limits=statahead._lines(read_fd),
+                          threads=1)
+    os.close(write_fd)  # (the reader thread sees the end and stops)
+    assert 30 <= seen < entries  # stopped after the directory that crossed 30 entries
+    # the end of the input (the parent closed its end, or died) ends the walk at once
+    assert statahead.walk([os.fsencode(tmp_path / "src")], limits=io.BytesIO(b"")) < entries
+    assert statahead.walk([os.fsencode(tmp_path / "src")]) == entries
+
+
+class Tracked(statahead.StatAhead):
+    """A real helper that records what the backup does with it."""
+
+    def __init__(self, roots, limit=0, count=False):
+        self.calls = [("start", list(roots), limit, count)]
+        super().__init__(roots, limit, count)
+
+    def set_limit(self, limit):
+        self.calls.append(("set_limit", limit))
+        super().set_limit(limit)
+
+    def on_totals(self, callback):
+        self.calls.append(("on_totals",))
+        super().on_totals(callback)
+
+    def close(self):
+        if self._proc is not None:
+            self.calls.append(("close",))
+        super().close()
+
+
+def test_an_early_helper_is_kept_only_where_the_backup_would_start_one(tmp_path, repo,
+                                                                       monkeypatch):
+    src = tmp_path / "src"
+    make_tree(src, 4, 4)
+    monkeypatch.setattr(archiver_mod, "StatAhead", Tracked)
+    monkeypatch.setattr(archiver_mod, "STAT_AHEAD_MIN_ENTRIES", 5)
+    opts = BackupOptions()
+    early = archiver_mod.start_stat_ahead([str(src)], opts)
+    Archiver(repo, opts).backup([str(src)], early)
+    assert early.calls == [("start", [str(src)], 0, False), ("close",)]  # no parent
+    early = archiver_mod.start_stat_ahead([str(src) + "/"], opts)  # the same source
+    Archiver(repo, opts).backup([str(src)], early)
+    assert early.calls == [("start", [str(src)], 0, False),
+                           ("set_limit", 2 * (16 + 5) + 10_000), ("close",)]
+    assert archiver_mod.start_stat_ahead([str(src)], BackupOptions(force=True)) is None
+    assert archiver_mod.start_stat_ahead([str(tmp_path / "nothing")], opts) is None
+
+
+def test_an_early_helper_counts_totals_for_the_backup(tmp_path, repo, monkeypatch):
+    src = tmp_path / "src"
+    make_tree(src, 2, 3)
+    monkeypatch.setattr(archiver_mod, "StatAhead", Tracked)
+    opts = BackupOptions(count_totals=True, force=True)  # totals are wanted even so
+    early = archiver_mod.start_stat_ahead([str(src)], opts)
+    while early.running:  # let it finish so that the totals are complete
+        time.sleep(0.01)
+    archiver = Archiver(repo, opts)
+    archiver.backup([str(src)], early)
+    assert early.calls == [("start", [str(src)], 0, True), ("on_totals",), ("close",)]
+    p = archiver.progress
+    assert (p.total_files, p.total_bytes, p.totals_done) == (6, 6, True)
+
+
+def test_an_early_helper_is_closed_when_the_backup_fails(tmp_path, repo, monkeypatch):
+    monkeypatch.setattr(archiver_mod, "StatAhead", Tracked)
+    (tmp_path / "src").mkdir()
+    early = archiver_mod.start_stat_ahead([str(tmp_path / "src")], BackupOptions())
+    with pytest.raises(SourceError):
+        Archiver(repo).backup([str(tmp_path / "gone")], early)
+    assert early.calls[-1] == ("close",) and not early.running
