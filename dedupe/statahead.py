@@ -21,6 +21,8 @@ for snap does not print a traceback from it. If it cannot start, nothing else ch
 Run as a script (``python -I -S statahead.py LIMIT COUNT ROOT...``; LIMIT 0 for none, COUNT
 1 to report totals) it imports the standard library only, which keeps its start-up at ~15 ms.
 It then writes ``FILES BYTES`` lines to stdout every 0.25 s and ``FILES BYTES done`` last.
+Each line it reads on stdin is a new LIMIT (the backup knows it only once the parent snapshot
+is found, and starts the helper before that); the end of stdin ends the walk.
 """
 
 from __future__ import annotations
