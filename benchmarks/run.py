@@ -237,10 +237,10 @@ class BackendRun:
                 log(f"[{self.backend}] restore           {tool.name:6s} DIFFERS from the source:")
                 for line in problems:
                     log(f"    {line}")
-            # Set aside, deleted after the phase: ext4 without a journal (this VM's disk)
-            # skips inodes freed less than 60 s ago when it allocates new ones, checking each
-            # in the buffer cache; a restore right after deleting 31k files spent ~10-28% of
-            # its CPU there (perf: recently_deleted), so each round paid for the one before.
+            # Set aside, deleted after the last measured command: ext4 without a journal (this
+            # VM's disk) skips inodes freed less than 60 s ago (300 s while their block is
+            # dirty) when it allocates new ones; a restore right after deleting 31k files spent
+            # 10-28% of its CPU there (perf: recently_deleted), paying for the round before.
             target.rename(done / f"{tool.name}-{len(list(done.iterdir()))}")
 
         done = self.work / "restored"
@@ -249,10 +249,10 @@ class BackendRun:
         self.phase("restore", lambda tool: tool.restore(self.repo(tool),
                                                         str(self.work / "restore" / tool.name)),
                    warm_repo, verify, self.repeat)
-        shutil.rmtree(done, ignore_errors=True)
         self.phase("check", lambda tool: tool.check(self.repo(tool)), warm_repo,
                    repeat=self.repeat)
         self.extras()
+        shutil.rmtree(done, ignore_errors=True)  # after the last measured command
         return self.res
 
     def extras(self) -> None:
