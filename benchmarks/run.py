@@ -156,9 +156,11 @@ class BackendRun:
                 self.s3.create_bucket(f"bench-{tool.name}")
         (self.work / "repos").mkdir(exist_ok=True)
 
-    def phase(self, phase: str, make_argv, warm=None, after=None, repeat: int = 1) -> None:
+    def phase(self, phase: str, make_argv, warm=None, after=None, repeat: int = 1,
+              before=None) -> None:
         """Runs ``phase`` for every tool still standing, ``repeat`` times, each round in the
-        next A/B order; the recorded step is the round of median wall time (see _combine)."""
+        next A/B order; the recorded step is the round of median wall time (see _combine).
+        ``before(tool, round)`` runs before each round's command, unmeasured."""
         rounds: dict[str, list[dict]] = {tool.name: [] for tool in self.tools}
         for r in range(repeat):
             tools = self.tools if self.order % 2 == 0 else list(reversed(self.tools))
@@ -168,6 +170,8 @@ class BackendRun:
                 if t.get("failed"):
                     t["phases"].setdefault(phase, {"status": "skipped"})
                     continue
+                if before:
+                    before(tool, r)
                 step = self._once(phase, tool, make_argv, warm, r if repeat > 1 else None)
                 rounds[tool.name].append(step)
                 t["phases"][phase] = _combine(rounds[tool.name])
@@ -224,7 +228,8 @@ class BackendRun:
         log(f"[{self.backend}] day-2 mutation and manifest: {time.perf_counter() - started:.1f} s"
             f" ({self.res['mutation']})")
         self.phase("backup-day2", lambda tool: tool.backup(self.repo(tool), src),
-                   warm_src, record("after-day2"))
+                   warm_src, record("after-day2"), self.repeat if local else 1,
+                   self._day1_state)
 
         def verify(tool, t):
             target = self.work / "restore" / tool.name
@@ -252,8 +257,27 @@ class BackendRun:
         self.phase("check", lambda tool: tool.check(self.repo(tool)), warm_repo,
                    repeat=self.repeat)
         self.extras()
-        shutil.rmtree(done, ignore_errors=True)  # after the last measured command
+        for path in (done, self.work / "day1"):  # after the last measured command
+            shutil.rmtree(path, ignore_errors=True)
         return self.res
+
+    def _day1_state(self, tool: Tool, round_: int) -> None:
+        """Day 2 in rounds (local repositories only): the repository and the cache as they
+        were before the first round are saved, and put back before every later one, so each
+        round backs up the same changes onto the same parent."""
+        saved = self.work / "day1" / tool.name
+        places = [(Path(self.repo(tool)), saved / "repo"),
+                  (self.work / "cache" / f"{self.backend}-{tool.name}", saved / "cache")]
+        for live, copy in places:
+            if round_ == 0:
+                shutil.rmtree(copy, ignore_errors=True)
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                if live.exists():
+                    subprocess.run(["cp", "-a", str(live), str(copy)], check=True)
+            else:
+                shutil.rmtree(live, ignore_errors=True)
+                if copy.exists():
+                    subprocess.run(["cp", "-a", str(copy), str(live)], check=True)
 
     def extras(self) -> None:
         """Not timed: how many snapshots each tool has, and its raw-data stats if offered."""
@@ -400,9 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     log(f"snap: {tools[0].description if tools[0].name == 'snap' else '-'}; "
         f"restic: {versions.get('restic', '-')}; cache: {cache_note}; logs: {log_dir}")
 
-    # pristine corpus + working copy + two repositories (about 0.7x each) + every restore
-    # round of both tools (kept until the restore phase ends) + slack
-    need = (4 + 2 * repeat) * size
+    # pristine corpus + working copy + two repositories (about 0.7x each) and their day-1
+    # copies + every restore round of both tools (kept to the end) + slack
+    need = (5 + 2 * repeat) * size
     free = shutil.disk_usage(work).free
     if free < need:
         log(f"warning: {free / (1 << 30):.1f} GiB free under {work}; this run may need about "
@@ -438,9 +462,9 @@ def main(argv: list[str] | None = None) -> int:
                        f"{corpus_stats['files']} files (generator v{GENERATOR_VERSION}, "
                        f"{corpus_stats['seconds']} s)",
              "page cache": cache_note,
-             "rounds": f"unchanged re-backup, restore and check: median of {repeat} (A/B order "
-                       "alternating every round); other phases: 1" if repeat > 1 else
-                       "1 per phase",
+             "rounds": f"unchanged re-backup, day-2 backup (local only), restore and check: "
+                       f"median of {repeat} (A/B order alternating every round); other phases: 1"
+                       if repeat > 1 else "1 per phase",
              "compared": "restic --compression auto (zstd, about level 3; repository v2) vs snap's"
                          " default compression",
              "command": "python -m benchmarks.run " + shlex.join(sys.argv[1:] if argv is None
