@@ -187,10 +187,6 @@ class BackendRun:
                     after(tool, t)
 
     def _once(self, phase: str, tool: Tool, make_argv, warm, round_: int | None) -> dict:
-        if phase == "restore":
-            target = self.work / "restore" / tool.name
-            shutil.rmtree(target, ignore_errors=True)
-            target.mkdir(parents=True)
         self.m.prepare(warm(tool) if warm else [])
         before = self.s3.app.snapshot(f"bench-{tool.name}") if self.s3 else None
         name = f"{self.backend}-{phase}-{tool.name}" + ("" if round_ is None else f"-{round_}")
@@ -248,12 +244,17 @@ class BackendRun:
             # 10-28% of its CPU there (perf: recently_deleted), paying for the round before.
             target.rename(done / f"{tool.name}-{len(list(done.iterdir()))}")
 
+        def empty_target(tool, round_):
+            target = self.work / "restore" / tool.name
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+
         done = self.work / "restored"
         shutil.rmtree(done, ignore_errors=True)
         done.mkdir()
         self.phase("restore", lambda tool: tool.restore(self.repo(tool),
                                                         str(self.work / "restore" / tool.name)),
-                   warm_repo, verify, self.repeat)
+                   warm_repo, verify, self.repeat, empty_target)
         self.phase("check", lambda tool: tool.check(self.repo(tool)), warm_repo,
                    repeat=self.repeat)
         self.extras()
@@ -366,9 +367,9 @@ def parse_args(argv):
     p.add_argument("--timeout", type=float, help="limit per command in seconds "
                                                  "(default 4 h; 120 s with --smoke)")
     p.add_argument("--repeat", type=int,
-                   help="rounds of the phases that leave the data as they found it (unchanged "
-                        "re-backup, restore, check); the median round is reported (default 3; "
-                        "1 with --smoke)")
+                   help="rounds of the unchanged re-backup, the day-2 backup (local only), the "
+                        "restore and the check; the median round is reported (default 3; 1 with "
+                        "--smoke)")
     p.add_argument("--regen", action="store_true", help="regenerate the cached corpus")
     p.add_argument("--no-install", action="store_true", help="never apt-get install restic")
     return p.parse_args(argv)

@@ -515,17 +515,19 @@ class Archiver:
         parent snapshot most files are usually unchanged and the walk is bound by metadata
         reads. Only warming, its lead is bounded by the parent's entry count. ``early``, if
         given, is used instead of a new one, or closed when none is wanted."""
-        limit = None if self.opts.count_totals else _stat_ahead_limit(parent, self.opts)
-        if not self.opts.count_totals and limit is None:
-            if early is not None:
-                early.close()
-            return None
-        helper = early or StatAhead(paths, limit or 0, count=self.opts.count_totals)
         if self.opts.count_totals:
+            helper = early or StatAhead(paths, count=True)
             helper.on_totals(self._totals)
-        elif early is not None:
-            helper.set_limit(limit)
-        return helper
+            return helper
+        limit = _stat_ahead_limit(parent, self.opts)
+        if limit is None:
+            if early is not None:
+                early.close()  # now, rather than walking on until the backup ends
+            return None
+        if early is None:
+            return StatAhead(paths, limit)
+        early.set_limit(limit)
+        return early
 
     def _totals(self, files: int, size: int, done: bool) -> None:
         p = self.progress

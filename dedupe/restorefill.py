@@ -28,7 +28,7 @@ REOPEN = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 CREATE = REOPEN | os.O_CREAT
 
 
-def affected(places) -> str:
+def _affected(places) -> str:
     """'affected: a, b, c and N more' for (item, offset) places, each file named once."""
     paths = list(dict.fromkeys(os.fsdecode(item.path) for item, _ in places))
     more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
@@ -88,7 +88,7 @@ class PackFiller:
     def _unreadable(self, name: str, exc: Exception, group: list[bytes],
                     blobs: dict[bytes, list]) -> None:
         self._warn(f"cannot read {name}: {exc}; "
-                   + affected(place for b in group for place in blobs[b]))
+                   + _affected(place for b in group for place in blobs[b]))
 
     def _fill_group(self, name: str, group: list[bytes], blobs: dict[bytes, list]) -> None:
         """Blobs of one pack close together: one ranged read, then each blob."""
@@ -136,7 +136,7 @@ class PackFiller:
         try:
             plain = self.repo.codec.decode(loc.entry(bid), stored, f"blob {bid.hex()[:16]} in {name}")
         except Exception as exc:
-            self._warn(f"{exc}; " + affected(places))
+            self._warn(f"{exc}; " + _affected(places))
             return
         self._write_blob(plain, places)
 

@@ -15,7 +15,7 @@ re-backup ~30% slower, and an in-process totals scan cost a 1 s backup 0.2-0.35 
 It never crosses a file system boundary (a network mount that the backup excludes must not be
 walked), stops after ``limit`` entries when it only warms the cache (excluded subtrees are
 walked too, so the lead is bounded by the size of the last snapshot), exits when its parent
-is gone, and is killed when the backup ends. It runs in its own session so that a Ctrl-C meant
+is gone (its stdin ends), and is killed when the backup ends. It runs in its own session so that a Ctrl-C meant
 for snap does not print a traceback from it. If it cannot start, nothing else changes.
 
 Run as a script (``python -I -S statahead.py LIMIT COUNT ROOT...``; LIMIT 0 for none, COUNT
@@ -138,7 +138,6 @@ def walk(roots: list[bytes], limit: int = 0, threads: int = _THREADS,
     bytes, done)`` gets the regular files counted so far every 0.25 s and at the end.
     ``limits``: lines that each set a new limit; their end ends the walk. Returns the number
     of entries seen."""
-    parent = os.getppid()
     todo: queue.LifoQueue = queue.LifoQueue()
     state = {"pending": 0, "seen": 0, "files": 0, "bytes": 0, "limit": limit}
     lock = threading.Lock()
@@ -174,8 +173,7 @@ def walk(roots: list[bytes], limit: int = 0, threads: int = _THREADS,
                 state["seen"] += n
                 state["files"] += files
                 state["bytes"] += size
-                over = ((state["limit"] and state["seen"] >= state["limit"])
-                        or os.getppid() != parent)
+                over = state["limit"] and state["seen"] >= state["limit"]
             if not over:
                 for name in subdirs:
                     add(os.path.join(path, name), dev)
