@@ -66,36 +66,41 @@ class FileSaver:
         """Read, chunk and store one regular file. Raises OSError if it cannot be read."""
         fd = _open(path)
         try:
-            content: list = []
-            total = 0
-            with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
-                # At most the size stat saw: a file appended to faster than we read it must
-                # not keep the backup going (the mtime check below still warns). Pseudo-files
-                # (/proc, /sys) report size 0 and are read to their end.
-                if st.st_size <= self.small:
-                    data = _read_upto(f, st.st_size)
-                    if len(data) > self.small:
-                        content, total = self.chunk_stream(f, data)
-                    elif data:
-                        content.append(self._save(BLOB_DATA, data))
-                        total = len(data)
-                elif st.st_blocks * 512 < st.st_size:
-                    content, total = self._chunk_sparse(fd, f)
-                elif st.st_size <= WHOLE_FILE_MAX:
-                    content, total = self._chunk_whole(f, st.st_size)
+            # At most the size stat saw: a file appended to faster than we read it must not
+            # keep the backup going (the mtime check below still warns). Pseudo-files (/proc,
+            # /sys) report size 0 and are read to their end.
+            # Files that are read whole are read with os.read, not through a file object:
+            # making one costs an fstat, and in a backup of many small files every system
+            # call hands the GIL to another thread and back.
+            if st.st_size <= self.small:
+                data = _read_upto(fd, st.st_size)
+                if len(data) > self.small:
+                    content, total = self._stream(fd, data)
                 else:
-                    content, total = self.chunk_stream(_Limited(f, st.st_size))
+                    content = [self._save(BLOB_DATA, data)] if data else []
+                    total = len(data)
+            elif st.st_blocks * 512 < st.st_size:
+                content, total = self._chunk_sparse(fd)
+            elif st.st_size <= WHOLE_FILE_MAX:
+                content, total = self._chunk_whole(fd, st.st_size)
+            else:
+                content, total = self._stream(fd, limit=st.st_size)
             after = os.fstat(fd)
         finally:
             os.close(fd)
         changed = total != st.st_size or after.st_mtime_ns != st.st_mtime_ns
         return FileContent(content, total, changed)
 
-    def _chunk_whole(self, f: BinaryIO, size: int) -> tuple[list, int]:
+    def _stream(self, fd: int, first: bytes = b"", limit: int | None = None) -> tuple[list, int]:
+        """``chunk_stream`` over the rest of ``fd`` (at most ``limit`` bytes of it)."""
+        with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
+            return self.chunk_stream(f if limit is None else _Limited(f, limit), first)
+
+    def _chunk_whole(self, fd: int, size: int) -> tuple[list, int]:
         """A file of up to ``WHOLE_FILE_MAX`` bytes: one read into a fresh bytes object
         (its pages are faulted in by the kernel, without the GIL), cut in place, and its
         chunks handed on as views: bytes are immutable, so nobody needs a copy."""
-        data = _read_upto(f, size)
+        data = _read_upto(fd, size)
         content = []
         whole = memoryview(data)
         pos = 0
@@ -118,7 +123,7 @@ class FileSaver:
                     raise Interrupted("backup interrupted")
         return content, total
 
-    def _chunk_sparse(self, fd: int, f: BinaryIO) -> tuple[list, int]:
+    def _chunk_sparse(self, fd: int) -> tuple[list, int]:
         """Chunk the data regions the OS reports; record holes as zero-byte runs."""
         content: list = []
         total = 0
@@ -135,8 +140,8 @@ class FileSaver:
             if data_start >= end:
                 break
             hole = os.lseek(fd, data_start, os.SEEK_HOLE)
-            f.seek(data_start)
-            part, n = self.chunk_stream(_Limited(f, hole - data_start))
+            os.lseek(fd, data_start, os.SEEK_SET)
+            part, n = self._stream(fd, limit=hole - data_start)
             content.extend(part)
             total += n
             pos = data_start + n
@@ -244,12 +249,17 @@ class DirReads:
         return [(path, st, node, extra, slot.result()) for path, st, node, extra, slot in self.items]
 
 
-def _read_upto(f: BinaryIO, size: int) -> bytes:
+def _read_upto(fd: int, size: int) -> bytes:
     """Up to ``size`` bytes, retrying short reads (network file systems); all of a file that
     reports size 0 (pseudo-files in /proc and /sys)."""
-    data = f.read(size or -1)
+    if size == 0:
+        parts = []
+        while part := os.read(fd, 1 << 20):
+            parts.append(part)
+        return b"".join(parts)
+    data = os.read(fd, size)
     while 0 < len(data) < size:
-        more = f.read(size - len(data))
+        more = os.read(fd, size - len(data))
         if not more:
             break
         data += more
