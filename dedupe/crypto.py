@@ -19,6 +19,7 @@ from __future__ import annotations
 import mmap
 import os
 import secrets
+import threading
 from dataclasses import dataclass
 
 import blake3
@@ -63,6 +64,33 @@ KEY_FILE_VERSION = 1
 _OPENSSL_MIN = 1024
 
 
+class _Nonces(threading.local):
+    """Random nonces, drawn from the OS a few hundred at a time per thread: ``os.urandom``
+    releases the GIL, and a backup of many small files handed the GIL to another thread and
+    back once per blob for it. Nonces are public (stored in front of each ciphertext); only
+    their uniqueness matters, so holding the next ones in memory gives nothing away. A forked
+    child starts a fresh supply, or it would repeat its parent's nonces."""
+    buf = b""
+    pos = 0
+    generation = -1
+
+
+_NONCE_BATCH = NONCE_SIZE * 170  # ~4 KiB per draw
+_nonces = _Nonces()
+_fork_generation = [0]
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _fork_generation.__setitem__(
+        0, _fork_generation[0] + 1))
+
+
+def _nonce() -> bytes:
+    n = _nonces
+    if n.pos >= len(n.buf) or n.generation != _fork_generation[0]:
+        n.buf, n.pos, n.generation = os.urandom(_NONCE_BATCH), 0, _fork_generation[0]
+    n.pos += NONCE_SIZE
+    return n.buf[n.pos - NONCE_SIZE:n.pos]
+
+
 def storage_id(data: bytes | memoryview) -> str:
     """Name of a stored object: hex BLAKE3 of its exact stored bytes."""
     return blake3.blake3(data).hexdigest()
@@ -81,7 +109,7 @@ class MasterKey:
         return blake3.blake3(data, key=self.id_key).digest()
 
     def seal(self, plaintext: bytes | memoryview, aad: bytes) -> bytes:
-        nonce = os.urandom(NONCE_SIZE)
+        nonce = _nonce()
         if _openssl.AVAILABLE and len(plaintext) >= _OPENSSL_MIN:
             return _openssl.xchacha_seal(self.enc_key, nonce, plaintext, aad)
         return nonce + _aead_encrypt(bytes(plaintext), aad, nonce, self.enc_key)
@@ -97,7 +125,7 @@ class MasterKey:
         if offset < 0 or end > len(out):
             raise ValueError("sealed object does not fit the buffer")
         if _openssl.gil_free(len(plaintext)):
-            _openssl.xchacha_seal_into(self.enc_key, os.urandom(NONCE_SIZE), plaintext, aad,
+            _openssl.xchacha_seal_into(self.enc_key, _nonce(), plaintext, aad,
                                        out, offset)
         else:
             out[offset:end] = self.seal(plaintext, aad)

@@ -102,6 +102,41 @@ def test_seal_is_standard_xchacha20_poly1305(size):
     assert KEY.open(memoryview(theirs), b"some aad") == plain
 
 
+def test_nonces_never_repeat_across_threads_and_batches():
+    """Nonces come from a per-thread supply drawn a few hundred at a time."""
+    import threading
+
+    found = []
+
+    def seal_many():
+        found.extend(KEY.seal(b"x", AAD_SNAPSHOT)[:NONCE_SIZE] for _ in range(1000))
+
+    threads = [threading.Thread(target=seal_many) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seal_many()  # and this thread's own supply
+    assert len(found) == 4000 and len(set(found)) == 4000
+
+
+def test_a_forked_child_does_not_repeat_its_parents_next_nonce():
+    KEY.seal(b"x", AAD_SNAPSHOT)  # this thread's supply is drawn and not used up
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its first nonce and leave at once
+        try:
+            os.write(w, KEY.seal(b"x", AAD_SNAPSHOT)[:NONCE_SIZE])
+        finally:
+            os._exit(0)
+    os.close(w)
+    child = os.read(r, NONCE_SIZE)
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert len(child) == NONCE_SIZE
+    assert KEY.seal(b"x", AAD_SNAPSHOT)[:NONCE_SIZE] != child
+
+
 def test_flipped_bytes_of_a_large_sealed_object_are_detected():
     sealed = KEY.seal(os.urandom(200_000), AAD_SNAPSHOT)
     for i in [0, 23, 24, 25, 1000, 100_000, len(sealed) - 17, len(sealed) - 16, len(sealed) - 1]:
