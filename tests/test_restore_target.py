@@ -313,3 +313,31 @@ def test_restored_file_modes_under_a_default_acl(moded_snapshot, tmp_path):
     restorer.restore(snap, str(target))
     assert restorer.warnings == []
     assert modes(target / str(src).lstrip("/")) == modes(src)
+
+
+@pytest.mark.parametrize("fallocate", ["offered", "refused"])
+def test_holes_come_back_as_allocated_zeros_without_sparse(tmp_path, monkeypatch, fallocate):
+    """Without --sparse a file's holes are allocated on disk: by fallocate where it works,
+    else by writing zeros."""
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "disk.img", "wb") as f:  # hole, data, hole, data, hole
+        f.truncate(6 << 20)
+        f.seek(1 << 20)
+        f.write(os.urandom(300_000))
+        f.seek(4 << 20)
+        f.write(b"tail" * 1000)
+    assert os.lstat(src / "disk.img").st_blocks * 512 < 2 << 20  # the source has holes
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), b"pw", kdf=KdfParams(1, 8 << 20),
+                           cache_root=str(tmp_path / "cache"))
+    snap = Archiver(repo).backup([str(src)]).snapshot
+    if fallocate == "refused":
+        def refuse(*args):
+            raise OSError(95, "Operation not supported")
+        monkeypatch.setattr(os, "posix_fallocate", refuse)
+    r = Restorer(repo)
+    r.restore(snap, str(tmp_path / "out"))
+    out = tmp_path / "out" / str(src).lstrip("/") / "disk.img"
+    assert r.warnings == []
+    assert out.read_bytes() == (src / "disk.img").read_bytes()
+    assert os.lstat(out).st_blocks * 512 >= 6 << 20
