@@ -72,7 +72,8 @@ def _parse_time(value: str | None) -> datetime | None:
 @click.option("--with-atime", is_flag=True,
               help="Store access times too (they change whenever a file is read).")
 @click.option("--read-concurrency", type=click.IntRange(1, 64), default=2, show_default=True,
-              metavar="N", help="Read N files at once.")
+              metavar="N", help="Read N files at once (of those over the smallest chunk, "
+              "512 KiB by default; smaller ones are read as the walk goes).")
 @click.option("--stdin", "use_stdin", is_flag=True, help="Back up standard input as one file.")
 @click.option("--stdin-filename", default="stdin", show_default=True, metavar="NAME")
 @click.option("--stdin-from-command", is_flag=True,

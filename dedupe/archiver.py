@@ -25,7 +25,7 @@ from operator import attrgetter
 from typing import Any, BinaryIO, Callable, Protocol
 
 from .errors import Interrupted, SourceError
-from .filesaver import DirReads, FileSaver, Pending
+from .filesaver import DirReads, FileSaver, ReadSlot
 from .locks import SHARED, Lock
 from .prefetch import Prefetcher
 from .packs import BLOB_DATA, BLOB_TREE
@@ -155,7 +155,7 @@ class Archiver:
         self.key = repo.key
         self.index = repo.index
         self.warnings: list[str] = []
-        self._hardlinks: dict[tuple[int, int], list | Pending] = {}  # [content, size] once read
+        self._hardlinks: dict[tuple[int, int], list | ReadSlot] = {}  # [content, size] once read
         self._dry_seen: set[tuple[int, bytes]] = set()
         self._count_lock = threading.Lock()  # _save runs on the reader threads too
         self._saver = None
@@ -237,8 +237,9 @@ class Archiver:
 
     def _file(self, path: bytes, st: os.stat_result, node: Node, prev: Node | None,
               reads: DirReads, same: bool) -> None:
-        """Fill ``node['content']`` now (unchanged file, known hard link) or queue the file
-        for the readers; ``_finish_reads`` completes the node. ``same``: _same_metadata."""
+        """Fill ``node['content']`` now (unchanged file, known hard link), or read the file
+        (a small one) or queue it for the readers; ``_finish_reads`` completes the node.
+        ``same``: _same_metadata."""
         p = self.progress
         if same and self._blobs_indexed(prev):
             node["content"] = prev["content"]
@@ -355,8 +356,6 @@ class Archiver:
         for entry, st, prev, same in chosen:
             if dev is None:
                 dev = os.lstat(path).st_dev if self.opts.one_file_system else 0
-            if stat.S_ISDIR(st.st_mode):
-                reads.flush()  # the readers work on this directory's files meanwhile
             node = self._entry(entry.path, entry.name, st, prev, dev, reads, same)
             if node is not None:
                 nodes.append(node)
@@ -394,7 +393,6 @@ class Archiver:
                 continue
             prev = prev_nodes.get(name)
             sub = children[name]
-            reads.flush()  # (a few entries: no batching needed)
             if sub is None:  # a source path itself
                 self._root_devs.add(st.st_dev)
                 same = stat.S_ISREG(st.st_mode) and self._same_metadata(st, prev)

@@ -1,13 +1,17 @@
-"""Reading files into blobs for a backup, on a few threads at once.
+"""Reading files into blobs for a backup: small ones on the walker's thread, larger ones on a
+few reader threads.
 
-The archiver's thread walks directories; the reading, chunking and hashing of changed files
-happens here, on ``workers`` threads (restic's ``--read-concurrency``). One thread could not
-keep the encoders busy: while it waits for the disk (open, read on a cold page cache) or
-holds the GIL to cut chunks, nothing else reads. BLAKE3 and ``read`` release the GIL, so two
-readers overlap each other's I/O and hashing.
+A file of at most ``chunk_min`` bytes is one blob (most files of a server). The walker reads
+it as it goes: open, read, hash, hand the blob to the encoders, close. Every system call
+releases the GIL, and with reader threads doing the same, each one handed the GIL to another
+thread and back; reading them on the walker's thread instead, without jobs and futures, made
+a warm backup of the corpus's 31k small files 16% faster (3.5 s against 4.2 s; cold 8%). The
+disk still works ahead: the prefetch helper (prefetch.py) opens and hints each directory's
+files as soon as the walker has listed it.
 
-Small files are read in batches (one job for up to ``BATCH_FILES`` of them in a directory):
-a job costs a queue round trip and a thread wake-up, more than reading a 4 KiB file.
+Larger files are read, chunked and hashed on ``workers`` threads (restic's
+``--read-concurrency``): while one waits for the disk or holds the GIL to cut chunks, another
+reads, and BLAKE3 and ``read`` release the GIL.
 
 Results come back in the order the files were queued; the archiver places them in the tree
 it is building. Files up to ``WHOLE_FILE_MAX`` are read in one piece and cut in place; larger
@@ -21,15 +25,13 @@ import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Union
 
 from .chunker import Chunker
 from .errors import Interrupted
 from .packs import BLOB_DATA
 
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
-BATCH_FILES = 64  # small files per job
-BATCH_BYTES = 4 * 1024 * 1024  # bytes of small files per job
 WHOLE_FILE_MAX = 2 * 1024 * 1024  # files up to this size are read in one piece
 
 #: stores one data blob (deduplicating) and returns its id; must be thread-safe
@@ -149,29 +151,29 @@ class FileSaver:
                 break  # truncated while reading
         return content, total
 
-    # -- jobs
-    def _job(self, items: list[tuple[bytes, os.stat_result]]) -> list[FileContent | OSError]:
-        out: list[FileContent | OSError] = []
+    def read_or_error(self, path: bytes, st: os.stat_result) -> FileContent | OSError:
+        if self._cancelled():
+            raise Interrupted("backup interrupted")
         try:
-            for path, st in items:
-                if self._cancelled():
-                    raise Interrupted("backup interrupted")
-                try:
-                    out.append(self.read(path, st))
-                except OSError as exc:
-                    out.append(exc)
-            return out
+            return self.read(path, st)
+        except OSError as exc:
+            return exc
+
+    # -- jobs
+    def _job(self, path: bytes, st: os.stat_result) -> FileContent | OSError:
+        try:
+            return self.read_or_error(path, st)
         finally:
             self._slots.release()
 
-    def submit(self, items: list[tuple[bytes, os.stat_result]]) -> Future:
-        """Queue files to read; the future's result lists a FileContent or the OSError of
-        each, in order. Blocks while enough jobs are queued."""
+    def submit(self, path: bytes, st: os.stat_result) -> Future:
+        """Queue a file to read; the future's result is its FileContent or OSError. Blocks
+        while enough files are queued."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="snap-read")
         self._slots.acquire()
         try:
-            return self._pool.submit(self._job, items)
+            return self._pool.submit(self._job, path, st)
         except BaseException:
             self._slots.release()
             raise
@@ -186,66 +188,45 @@ class FileSaver:
             self._stop = False
 
 
-class Pending:
-    """Where the result of one queued file will be (known once its job is submitted)."""
-    __slots__ = ("future", "pos")
+class Done:
+    """The result of a file read on the walker's thread (a finished ``Future``'s stand-in)."""
+    __slots__ = ("value",)
 
-    def __init__(self) -> None:
-        self.future: Future | None = None
-        self.pos = 0
+    def __init__(self, value: FileContent | OSError) -> None:
+        self.value = value
 
     def result(self) -> FileContent | OSError:
-        assert self.future is not None, "job not submitted"
-        return self.future.result()[self.pos]
+        return self.value
+
+
+#: where a file's FileContent or OSError is, or will be
+ReadSlot = Union[Future, Done]
 
 
 class DirReads:
-    """The files of one directory that must be read, queued as jobs in tree order."""
+    """The files of one directory that must be read, in tree order: small ones read at once,
+    larger ones queued to the readers, which work on them while the walker goes on."""
 
     def __init__(self, saver: FileSaver) -> None:
         self.saver = saver
-        self.items: list = []  # (path, st, node, extra, Pending) in order
-        self._batch: list[tuple[bytes, os.stat_result]] = []
-        self._batch_slots: list[Pending] = []
-        self._batch_bytes = 0
+        self.items: list = []  # (path, st, node, extra, ReadSlot) in order
 
     def add(self, path: bytes, st: os.stat_result, node: dict, extra=None,
-            same_as: Pending | None = None) -> Pending:
-        """Queue a file; with ``same_as`` (a hard link to a file queued before), reuse that
-        result instead of reading again."""
+            same_as: ReadSlot | None = None) -> ReadSlot:
+        """Read or queue a file; with ``same_as`` (a hard link to a file read or queued
+        before), reuse that result instead of reading again."""
         if same_as is not None:
-            self.items.append((path, st, node, extra, same_as))
-            return same_as
-        slot = Pending()
-        self.items.append((path, st, node, extra, slot))
-        if st.st_size > self.saver.small:
-            self.flush()
-            self._submit([(path, st)], [slot])
+            slot = same_as
+        elif st.st_size <= self.saver.small:
+            slot = Done(self.saver.read_or_error(path, st))
         else:
-            self._batch.append((path, st))
-            self._batch_slots.append(slot)
-            self._batch_bytes += st.st_size
-            if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
-                self.flush()
+            slot = self.saver.submit(path, st)
+        self.items.append((path, st, node, extra, slot))
         return slot
-
-    def _submit(self, files: list, slots: list[Pending]) -> None:
-        fut = self.saver.submit(files)
-        for i, slot in enumerate(slots):
-            slot.future, slot.pos = fut, i
-
-    def flush(self) -> None:
-        """Queue the small files gathered so far. Called before descending into a
-        subdirectory, so the workers have them while this thread walks on (and a hard link
-        below can wait for a file queued here)."""
-        if self._batch:
-            self._submit(self._batch, self._batch_slots)
-            self._batch, self._batch_slots, self._batch_bytes = [], [], 0
 
     def results(self) -> list:
         """(path, st, node, extra, FileContent | OSError) for every item, in order; re-raises
         a job's exception (an interruption)."""
-        self.flush()
         return [(path, st, node, extra, slot.result()) for path, st, node, extra, slot in self.items]
 
 

@@ -2,9 +2,10 @@
 blob saver: however many readers there are, a snapshot must hold exactly the same tree, every
 hard link must point at content read once, and every queued blob must reach a pack.
 
-The source mixes every path the reader takes: batches of small files (more than one batch per
-directory), medium files read whole and cut in place, large files streamed through chunker
-windows, and hard links whose first name sits in a directory still being read."""
+The source mixes every path a file takes: small files read on the walker's thread (more
+than a batch of small blobs per directory), medium files read whole and cut in place by the
+readers, large files streamed through chunker windows, and hard links whose first name sits in
+a directory still being read."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def make_source(root: Path, seed: int) -> None:
     for d in range(3):
         sub = root / f"d{d}" / "inner"
         sub.mkdir(parents=True)
-        for i in range(filesaver.BATCH_FILES + 10):  # more than one batch
+        for i in range(74):  # more than one batch of small blobs for the encoders
             (root / f"d{d}" / f"small{i:03}").write_bytes(rng.randbytes(rng.randrange(0, 3000)))
         (sub / "medium").write_bytes(rng.randbytes(300 * 1024))  # > chunk_min: whole read
         (sub / "dup").write_bytes((root / f"d{d}" / "small001").read_bytes())
