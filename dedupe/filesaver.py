@@ -5,9 +5,9 @@ A file of at most ``chunk_min`` bytes is one blob (most files of a server). The 
 it as it goes: open, read, hash, hand the blob to the encoders, close. Every system call
 releases the GIL, and with reader threads doing the same, each one handed the GIL to another
 thread and back; reading them on the walker's thread instead, without jobs and futures, made
-a warm backup of the corpus's 31k small files 16% faster (3.5 s against 4.2 s; cold 8%). The
-disk still works ahead: the prefetch helper (prefetch.py) opens and hints each directory's
-files as soon as the walker has listed it.
+a warm backup of the corpus's 31k small files 23% faster (4.19 s -> 3.23 s; the whole 2 GB
+corpus cold: 10.1 s -> 8.9 s). The disk still works ahead: the prefetch helper (prefetch.py)
+opens and hints each directory's files as soon as the walker has listed it.
 
 Larger files are read, chunked and hashed on ``workers`` threads (restic's
 ``--read-concurrency``): while one waits for the disk or holds the GIL to cut chunks, another
