@@ -57,6 +57,7 @@ def command(app: App, snapshot, target, include, iinclude, exclude, iexclude, ve
     if app.is_remote:  # fewer, larger GETs and as many in flight as --s3-connections allows
         opts.workers = app.backend_options.get("connections", 5)
         opts.max_read = 128 * 1024 * 1024
+        opts.small_pack_threads = 0
     else:  # not for S3: its reads of up to 128 MiB per connection would stay in the heap
         tune_malloc_for_reading()
     progress = RestoreProgress()

@@ -1,4 +1,5 @@
-"""Restore, phase 2: write the planned blobs into their files, pack by pack, on a thread pool.
+"""Restore, phase 2: write the planned blobs into their files, pack by pack, on ``workers``
+threads, of which at most ``small_threads`` write packs of small files at a time.
 
 For each pack the planner grouped the blobs it needs; neighbouring ones are coalesced into one
 ranged read, each blob is decrypted, verified and ``pwrite``-n to every place it goes to. A
@@ -13,13 +14,15 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
 from typing import Callable
 
 from .backends.base import pack_name
 from .index import BlobLocation
 
 _COALESCE_GAP = 256 * 1024
+# A pack whose blobs average less than this holds small files: see PackFiller.small_threads.
+_SMALL_BLOBS = 64 * 1024
 # A range larger than this (remote stores read whole packs) is decoded as its body arrives.
 _STREAM_ABOVE = 8 * 1024 * 1024
 
@@ -41,23 +44,42 @@ class PackFiller:
 
     def __init__(self, repo, locs: dict[bytes, BlobLocation], progress, *, workers: int,
                  max_read: int, sparse: bool, warn: Callable[[str], None],
-                 lock: threading.Lock) -> None:
+                 lock: threading.Lock, small_threads: int = 0) -> None:
+        """``small_threads``: threads of the ``workers`` that write the packs of small blobs
+        (0: any thread writes any pack). Small files written by several threads at once
+        cost more than one thread writing them: their creations in the same directories
+        contend in the kernel, and their short system calls hand the GIL back and forth. The
+        other threads write packs of large blobs meanwhile. With one such thread of three, 4
+        alternating cold restores of the 2 GB corpus: 4.75 -> 4.42 s, system time 3.8 -> 2.5 s
+        (31k small files alone, one thread for all: 3.0 -> 2.85 s, system time 1.8 -> 1.0 s)."""
         self.repo, self._locs, self.progress = repo, locs, progress
         self.workers, self.max_read, self.sparse = workers, max_read, sparse
         self._warn, self._lock = warn, lock
+        self.small_threads = small_threads if small_threads < workers else 0
+
+    def _small(self, blobs: dict[bytes, list]) -> bool:
+        locs = self._locs
+        return sum(locs[b].length for b in blobs) < _SMALL_BLOBS * len(blobs)
 
     def fill(self, by_pack: dict[bytes, dict[bytes, list]]) -> None:
+        """Write every pack on ``workers`` threads; raises the first unexpected error. On an
+        error or Ctrl-C, packs not yet started are dropped, the ones being written finish."""
         packs = list(by_pack.items())
         if not packs:
             return
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="snap-restore")
+        queue = _Packs(packs, self._small if self.small_threads else None, self.small_threads)
+        threads = [threading.Thread(target=queue.work, args=(self._fill_pack,),
+                                    name=f"snap-restore_{i}") for i in range(self.workers)]
+        for t in threads:
+            t.start()
         try:
-            for fut in [pool.submit(self._fill_pack, pid, blobs) for pid, blobs in packs]:
-                fut.result()
+            for t in threads:
+                t.join()
         finally:
-            # On an error or Ctrl-C, packs not yet started are dropped: the with-statement's
-            # shutdown would fetch every one of them before the exception got through.
-            pool.shutdown(wait=True, cancel_futures=True)
+            queue.stop()
+            for t in threads:
+                t.join()
+        queue.raise_error()
 
     def _fill_pack(self, pack_id: bytes, blobs: dict[bytes, list]) -> None:
         name = pack_name(pack_id.hex())
@@ -157,3 +179,53 @@ class PackFiller:
                 self.progress.bytes_done += len(plain)
                 if item.remaining == 0:
                     self.progress.files_done += 1
+
+
+class _Packs:
+    """The packs to write, handed out to the worker threads: those ``small`` says hold small
+    blobs to at most ``small_threads`` threads at a time, the others to any thread, so that
+    a thread kept from a small pack takes a large one instead of waiting."""
+
+    def __init__(self, packs: list, small: Callable[[dict], bool] | None,
+                 small_threads: int) -> None:
+        self._small = deque(p for p in packs if small is not None and small(p[1]))
+        self._large = deque(p for p in packs if small is None or not small(p[1]))
+        self._limit = small_threads
+        self._busy = 0  # threads on a small pack
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._error: BaseException | None = None
+
+    def _next(self, was_small: bool) -> tuple[tuple | None, bool]:
+        with self._lock:
+            self._busy -= was_small
+            if self._stopped:
+                return None, False
+            if self._small and self._busy < self._limit:
+                self._busy += 1
+                return self._small.popleft(), True
+            if self._large:
+                return self._large.popleft(), False
+            return None, False  # small packs left only: the threads on them finish them
+
+    def work(self, fill: Callable[[bytes, dict], None]) -> None:
+        was_small = False
+        while True:
+            pack, was_small = self._next(was_small)
+            if pack is None:
+                return
+            try:
+                fill(*pack)
+            except BaseException as exc:
+                with self._lock:
+                    self._error = self._error or exc
+                self.stop()
+                return
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+
+    def raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
