@@ -1,7 +1,7 @@
 """Read-ahead for backups: keep the disk busy while the walker and the readers work.
 
-Each reader thread reads one file at a time. On a cold page cache that serialises metadata
-lookups and file reads behind Python's work. When the walker has listed a directory it hands
+The walker (small files) and each reader thread (larger ones) read one file at a time. On a
+cold page cache that serialises metadata lookups and file reads behind Python's work. When the walker has listed a directory it hands
 the prefetcher the files it will have to read (new, or their size, mtime, ctime or inode
 differ from the parent snapshot); a helper process opens each (bringing in its inode) and
 asks for its contents with ``posix_fadvise(WILLNEED)``: asynchronous reads. Everything here is
@@ -15,7 +15,7 @@ context switches on them and take 4.7 s; without hints it took 3.8 s.
 
 The walker writes ``SIZE PATH\\0`` records to the helper's stdin without blocking: when the
 pipe is full, what did not fit waits for the next directory, and that directory's hints are
-dropped. That bounds how far ahead of the readers the hints run, and the memory they take.
+dropped. That bounds how far ahead of the reading the hints run, and the memory they take.
 
 Run as a script (``python -I -S prefetch.py``) it imports the standard library only.
 """
@@ -62,7 +62,7 @@ class Prefetcher:
         self._usable = _WILLNEED is not None and bool(sys.executable)
 
     def ahead(self, files: list[tuple[bytes, int]]) -> None:
-        """``files``: (path, size) of a directory's files the readers are about to read."""
+        """``files``: (path, size) of a directory's files about to be read."""
         if not files or not self._usable:
             return
         if self._proc is None and not self._start():

@@ -67,8 +67,8 @@ class PackFiller:
         packs = list(by_pack.items())
         if not packs:
             return
-        queue = _Packs(packs, self._small if self.small_threads else None, self.small_threads)
-        threads = [threading.Thread(target=queue.work, args=(self._fill_pack,),
+        handout = _Packs(packs, self._small if self.small_threads else None, self.small_threads)
+        threads = [threading.Thread(target=handout.work, args=(self._fill_pack,),
                                     name=f"snap-restore_{i}") for i in range(self.workers)]
         for t in threads:
             t.start()
@@ -76,10 +76,10 @@ class PackFiller:
             for t in threads:
                 t.join()
         finally:
-            queue.stop()
+            handout.stop()
             for t in threads:
                 t.join()
-        queue.raise_error()
+        handout.raise_error()
 
     def _fill_pack(self, pack_id: bytes, blobs: dict[bytes, list]) -> None:
         name = pack_name(pack_id.hex())
@@ -188,8 +188,10 @@ class _Packs:
 
     def __init__(self, packs: list, small: Callable[[dict], bool] | None,
                  small_threads: int) -> None:
-        self._small = deque(p for p in packs if small is not None and small(p[1]))
-        self._large = deque(p for p in packs if small is None or not small(p[1]))
+        self._small: deque = deque()
+        self._large: deque = deque()
+        for pack in packs:
+            (self._small if small is not None and small(pack[1]) else self._large).append(pack)
         self._limit = small_threads
         self._busy = 0  # threads on a small pack
         self._lock = threading.Lock()
