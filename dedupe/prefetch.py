@@ -25,8 +25,10 @@ from __future__ import annotations
 import os
 import queue
 import subprocess
-import sys
 import threading
+
+if __name__ != "__main__":  # (run as a script, the helper needs none of snap)
+    from . import helperproc
 
 _WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
@@ -59,7 +61,7 @@ class Prefetcher:
         self._proc: subprocess.Popen | None = None
         self._fd = -1
         self._pending = b""  # records a full pipe did not take
-        self._usable = _WILLNEED is not None and bool(sys.executable)
+        self._usable = _WILLNEED is not None
 
     def ahead(self, files: list[tuple[bytes, int]]) -> None:
         """``files``: (path, size) of a directory's files about to be read."""
@@ -83,15 +85,12 @@ class Prefetcher:
         self._pending = data[n:]
         return not self._pending
 
-    def _command(self) -> list[str]:
-        return [sys.executable, "-I", "-S", os.path.abspath(__file__)]
+    def _spawn(self) -> subprocess.Popen | None:
+        return helperproc.spawn(__file__, [])
 
     def _start(self) -> bool:
-        try:
-            self._proc = subprocess.Popen(
-                self._command(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
-        except (OSError, ValueError):
+        self._proc = self._spawn()
+        if self._proc is None:
             self._usable = False
             return False
         assert self._proc.stdin is not None
@@ -108,15 +107,8 @@ class Prefetcher:
         """End the helper: hints still queued are of no use once the backup is over."""
         proc, self._proc = self._proc, None
         self._usable = False
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        try:
-            proc.stdin.close()  # type: ignore[union-attr]
-        except OSError:
-            pass
+        if proc is not None:
+            helperproc.end(proc)
 
     def __enter__(self) -> "Prefetcher":
         return self

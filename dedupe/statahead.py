@@ -15,8 +15,8 @@ re-backup ~30% slower, and an in-process totals scan cost a 1 s backup 0.2-0.35 
 It never crosses a file system boundary (a network mount that the backup excludes must not be
 walked), stops after ``limit`` entries when it only warms the cache (excluded subtrees are
 walked too, so the lead is bounded by the size of the last snapshot), exits when its parent
-is gone (its stdin ends), and is killed when the backup ends. It runs in its own session so that a Ctrl-C meant
-for snap does not print a traceback from it. If it cannot start, nothing else changes.
+is gone (its stdin ends), and is killed when the backup ends (see helperproc.py). If it cannot
+start, nothing else changes.
 
 Run as a script (``python -I -S statahead.py LIMIT COUNT ROOT...``; LIMIT 0 for none, COUNT
 1 to report totals) it imports the standard library only, which keeps its start-up at ~15 ms.
@@ -34,6 +34,9 @@ import subprocess
 import sys
 import threading
 from typing import Callable
+
+if __name__ != "__main__":  # (run as a script, the helper needs none of snap)
+    from . import helperproc
 
 _THREADS = 2  # measured: 1 thread 0.52 s, 2 threads 0.42 s, 8 threads 0.60 s (kernel contention)
 _REPORT_EVERY = 0.25  # seconds between totals lines
@@ -53,17 +56,9 @@ class StatAhead:
         self._callback: Totals | None = None
         self._last: tuple[int, int, bool] | None = None
         self._lock = threading.Lock()
-        if not sys.executable:
-            return
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", os.path.abspath(__file__), str(limit),
-                 "1" if count else "0", *(os.fsencode(r) for r in roots)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE if count else subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
-        except (OSError, ValueError):
-            self._proc = None
+        self._proc = helperproc.spawn(__file__, [str(limit), "1" if count else "0",
+                                                 *(os.fsencode(r) for r in roots)], stdout=count)
+        if self._proc is None:
             return
         if count:
             self._reader = threading.Thread(target=_read_totals,
@@ -103,14 +98,7 @@ class StatAhead:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        if proc.stdin is not None:
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
+        helperproc.end(proc)
         if self._reader is not None:
             self._reader.join()  # ends at the pipe's end
             proc.stdout.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import sys
 import termios
 import threading
 import time
@@ -12,7 +11,7 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from dedupe import prefetch
+from dedupe import helperproc, prefetch
 
 _F_GETPIPE_SZ = 1032
 
@@ -90,20 +89,20 @@ def test_helper_ends_when_its_input_ends(tmp_path):
 class _SlowReader(prefetch.Prefetcher):
     """A 'helper' that copies its input to a file, but only once ``go`` exists."""
 
-    def __init__(self, go, out):
+    def __init__(self, tmp_path, go, out):
         super().__init__()
-        self.go, self.out = go, out
+        self.script = tmp_path / "slow.py"
+        self.script.write_text("import os, sys, time\n"
+                               f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n"
+                               f"open({str(out)!r}, 'wb').write(sys.stdin.buffer.read())\n")
 
-    def _command(self):
-        code = ("import os, sys, time\n"
-                f"while not os.path.exists({str(self.go)!r}): time.sleep(0.01)\n"
-                f"open({str(self.out)!r}, 'wb').write(sys.stdin.buffer.read())\n")
-        return [sys.executable, "-c", code]
+    def _spawn(self):
+        return helperproc.spawn(str(self.script), [])
 
 
 def test_a_full_pipe_drops_hints_but_never_blocks_or_cuts_a_record(tmp_path):
     go, out = tmp_path / "go", tmp_path / "out"
-    p = _SlowReader(go, out)
+    p = _SlowReader(tmp_path, go, out)
     p.ahead([(b"/first", 1)])
     size = fcntl.fcntl(p._fd, _F_GETPIPE_SZ)
     big = [(b"/a/%06d/" % i + b"n" * 150, i) for i in range(size // 100)]  # ~1.6 pipes
