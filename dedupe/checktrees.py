@@ -1,20 +1,20 @@
 """Check, step 3: where the trees come from while the check walks them.
 
 Tree packs are read whole (from memory, the local cache, or the repository, which then fills
-the cache) and kept in memory up to a budget, least recently used first out. A level of the
+the cache) and kept in memory up to a budget, least recently used first out (the
+``LoadingLRU`` that mount uses for blobs). A level of the
 walk is handed out grouped by pack, with each group's packs fetched on the check's pool first,
 so downloads overlap while the trees themselves are decoded on the walking thread.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from typing import Callable, Iterable, Iterator
 
 from .backends.base import pack_name
 from .crypto import storage_id
 from .errors import IntegrityError
+from .filereader import LoadingLRU
 from .index import BlobLocation
 from .packs import BLOB_TREE, BlobCodec
 from .tree import Node, decode_tree
@@ -31,37 +31,21 @@ class TreeSource:
                  memory: int = TREE_PACK_MEMORY) -> None:
         self.repo, self._index, self._codec, self._sizes = repo, index, codec, sizes
         self._pool_map, self._memory = pool_map, memory
-        self._lock = threading.Lock()
-        self._packs: OrderedDict[bytes, bytes] = OrderedDict()
-        self._bytes = 0
-        self._pack_locks: dict[bytes, threading.Lock] = {}
+        # Single-flight: one download per pack, however many trees want it at once.
+        self._packs: LoadingLRU[bytes, bytes] = LoadingLRU(self._fetch, memory, len)
 
     def pack(self, pack_id: bytes) -> bytes:
         """A whole tree pack, from memory, the local cache or the repository (then cached)."""
-        with self._lock:
-            data = self._packs.get(pack_id)
-            if data is not None:
-                self._packs.move_to_end(pack_id)
-                return data
-            lock = self._pack_locks.setdefault(pack_id, threading.Lock())
-        with lock:  # one download per pack, however many trees want it at once
-            with self._lock:
-                data = self._packs.get(pack_id)
-            if data is not None:
-                return data
-            name = pack_name(pack_id.hex())
-            cache = self.repo.cache
-            data = cache.get(name) if cache is not None else None
-            if data is None:
-                data = self.repo.backend.get(name)
-                if cache is not None and storage_id(data) == pack_id.hex():
-                    cache.put(name, data)
-            with self._lock:
-                self._packs[pack_id] = data
-                self._bytes += len(data)
-                while self._bytes > self._memory and len(self._packs) > 1:
-                    _, old = self._packs.popitem(last=False)
-                    self._bytes -= len(old)
+        return self._packs.get(pack_id)
+
+    def _fetch(self, pack_id: bytes) -> bytes:
+        name = pack_name(pack_id.hex())
+        cache = self.repo.cache
+        data = cache.get(name) if cache is not None else None
+        if data is None:
+            data = self.repo.backend.get(name)
+            if cache is not None and storage_id(data) == pack_id.hex():
+                cache.put(name, data)
         return data
 
     def load(self, tree_id: bytes, loc: BlobLocation | None = None) -> list[Node]:
@@ -100,8 +84,7 @@ class TreeSource:
                 size += self._sizes.get(packs[i], 0)
                 batch.append(packs[i])
                 i += 1
-            with self._lock:
-                missing = [p for p in batch if p not in self._packs]
+            missing = [p for p in batch if not self._packs.present(p)]
             if len(missing) > 1:
                 self._pool_map(self._prefetch, missing)
             for pack_id in batch:
