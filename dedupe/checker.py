@@ -216,7 +216,7 @@ class Checker:
                     self._error("index_conflict", f"{name} describes pack "
                                 f"{pack_name(pack_id.hex())} differently from another index "
                                 "file (run 'snap repair index')", object=name)
-        self._index.compact()
+        self._index.maybe_compact()  # small indexes stay in a dict: no numpy import
         self.result.packs = len(self._records)
         self.result.blobs = len(self._index)
         if leftovers:
