@@ -1,5 +1,7 @@
 """Restore, phase 2: write the planned blobs into their files, pack by pack, on ``workers``
-threads, of which at most ``small_threads`` write packs of small files at a time.
+threads, of which at most ``small_threads`` write packs of small files at a time; or, where
+a child process can be forked, the packs of small files are written by a child
+(restorechild.py) and the others by ``workers - 1`` threads.
 
 For each pack the planner grouped the blobs it needs; neighbouring ones are coalesced into one
 ranged read, each blob is decrypted, verified and ``pwrite``-n to every place it goes to. A
@@ -17,6 +19,7 @@ import threading
 from collections import deque
 from typing import Callable
 
+from . import restorechild
 from .backends.base import pack_name
 from .index import BlobLocation
 
@@ -51,7 +54,8 @@ class PackFiller:
         contend in the kernel, and their short system calls hand the GIL back and forth. The
         other threads write packs of large blobs meanwhile. With one such thread of three, 4
         alternating cold restores of the 2 GB corpus: 4.75 -> 4.42 s, system time 3.8 -> 2.5 s
-        (31k small files alone, one thread for all: 3.0 -> 2.85 s, system time 1.8 -> 1.0 s)."""
+        (31k small files alone, one thread for all: 3.0 -> 2.85 s, system time 1.8 -> 1.0 s).
+"""
         self.repo, self._locs, self.progress = repo, locs, progress
         self.workers, self.max_read, self.sparse = workers, max_read, sparse
         self._warn, self._lock = warn, lock
@@ -61,18 +65,43 @@ class PackFiller:
         locs = self._locs
         return sum(locs[b].length for b in blobs) < _SMALL_BLOBS * len(blobs)
 
-    def fill(self, by_pack: dict[bytes, dict[bytes, list]]) -> None:
+    def fill(self, by_pack: dict[bytes, dict[bytes, list]],
+             child: restorechild.SmallPackWriter | None = None) -> None:
         """Write every pack on ``workers`` threads; raises the first unexpected error. On an
-        error or Ctrl-C, packs not yet started are dropped, the ones being written finish."""
-        packs = list(by_pack.items())
-        if not packs:
-            return
-        handout = _Packs(packs, self._small if self.small_threads else None, self.small_threads)
+        error or Ctrl-C, packs not yet started are dropped, the ones being written finish.
+
+        ``child``: a forked writer (restorechild.py) for the packs of small blobs, when
+        there are both kinds; the others then go to ``workers - 1`` threads. It is finished
+        here (or killed, on an error)."""
+        packs, small = list(by_pack.items()), []
+        if child is not None:
+            ids = {pack[0] for pack in packs if self._small(pack[1])}
+            if ids and len(ids) < len(packs):
+                small = [pack for pack in packs if pack[0] in ids]
+                packs = [pack for pack in packs if pack[0] not in ids]
+        workers = max(1, self.workers - 1) if small else self.workers
+        handout = _Packs(packs, self._small if self.small_threads and not small else None,
+                         self.small_threads)
+        try:
+            if small:
+                child.start(self._reported)
+            self._run(handout, workers, lambda: child.send(small, self._locs) if small else None)
+        except BaseException:
+            if child is not None:
+                child.kill()
+            raise
+        if child is not None:
+            child.finish()
+            child.raise_error()
+
+    def _run(self, handout: "_Packs", workers: int, meanwhile: Callable[[], None]) -> None:
+        """The threads on ``handout``; ``meanwhile`` runs on this thread once they started."""
         threads = [threading.Thread(target=handout.work, args=(self._fill_pack,),
-                                    name=f"snap-restore_{i}") for i in range(self.workers)]
+                                    name=f"snap-restore_{i}") for i in range(workers)]
         for t in threads:
             t.start()
         try:
+            meanwhile()
             for t in threads:
                 t.join()
         finally:
@@ -80,6 +109,15 @@ class PackFiller:
             for t in threads:
                 t.join()
         handout.raise_error()
+
+    def _reported(self, nbytes: int, items: list, warnings: list) -> None:
+        """What the child process wrote (see restorechild.py)."""
+        for message in warnings:
+            self._warn(message)
+        with self._lock:
+            self.progress.bytes_done += nbytes
+            for item in items:
+                self._count(item)
 
     def _fill_pack(self, pack_id: bytes, blobs: dict[bytes, list]) -> None:
         name = pack_name(pack_id.hex())
@@ -174,11 +212,19 @@ class PackFiller:
                         os.close(fd)
                 except OSError as exc:
                     self._warn(f"{os.fsdecode(item.path)}: {exc.strerror}")
-            with self._lock:
-                item.remaining -= 1
-                self.progress.bytes_done += len(plain)
-                if item.remaining == 0:
-                    self.progress.files_done += 1
+            self._done(item, len(plain))
+
+    def _done(self, item, size: int) -> None:
+        """A blob of ``size`` bytes was written to ``item`` (or failed to be)."""
+        with self._lock:
+            self.progress.bytes_done += size
+            self._count(item)
+
+    def _count(self, item) -> None:
+        """One blob of ``item`` less to write (under the lock)."""
+        item.remaining -= 1
+        if item.remaining == 0:
+            self.progress.files_done += 1
 
 
 class _Packs:

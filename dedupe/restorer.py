@@ -24,6 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Protocol
 
+from . import restorechild
 from .errors import IntegrityError
 from .index import BlobLocation
 from .packs import BLOB_DATA
@@ -56,6 +57,11 @@ class RestoreOptions:
     # Of the workers, how many write packs of small files (see PackFiller; 0: any of them).
     # One, on a local disk; a remote store wants its requests in parallel.
     small_pack_threads: int = 1
+    # Or, from a local directory on Linux, the packs of small files are written by a child
+    # process beside the threads (restorechild.py). 4 alternating cold restores of the 2 GB
+    # corpus: 4.25 -> 3.98 s and 4.35 -> 3.71 s (9.35 -> 6.97 and 8.54 -> 5.96 s during a
+    # disk stall); peak memory of both processes (PSS) 93-96 -> 118-123 MiB (restic: 129-132).
+    small_pack_process: bool = True
     # Largest coalesced read: bounds memory per worker. Remote stores want it large (each
     # request costs money and latency), local disks small (memory matters more).
     max_read: int = 4 * 1024 * 1024
@@ -192,6 +198,19 @@ class Restorer:
         """Restore ``subpath`` of ``snapshot`` (its contents, for a directory) into ``target``."""
         if self.opts.overwrite not in OVERWRITE_MODES:
             raise ValueError(f"--overwrite must be one of {', '.join(OVERWRITE_MODES)}")
+        child = None  # forked before the plan, to share little memory (see restorechild.py)
+        if (not self.opts.dry_run and self.opts.small_pack_process
+                and restorechild.usable(self.repo.backend)):
+            child = restorechild.SmallPackWriter(self._child_filler)
+        try:
+            self._restore(snapshot, target, subpath, child)
+        finally:
+            if child is not None:
+                child.kill()  # (nothing left to stop once phase 2 finished it)
+        return self.progress
+
+    def _restore(self, snapshot, target: str, subpath: str,
+                 child: restorechild.SmallPackWriter | None) -> None:
         root = os.fsencode(os.path.abspath(target))
         self._root = root
         start = find_node(self.repo, snapshot.tree, subpath)
@@ -211,13 +230,12 @@ class Restorer:
             for path, node in walk(self.repo, start["subtree"], prefix, self._descend):
                 self._plan_entry(root + path[cut:], path, node)
         if self.opts.dry_run:
-            return self.progress
-        self._fill()
+            return
+        self._fill(child)
         self._finish_files()
         self._finish_dirs()
         if self.opts.verify:
             self._verify()
-        return self.progress
 
     # ------------------------------------------------------------------ phase 1
     def _plan_entry(self, dest: bytes, snap_path: bytes, node: Node) -> None:
@@ -412,11 +430,16 @@ class Restorer:
             length -= n
 
     # ------------------------------------------------------------------ phase 2
-    def _fill(self) -> None:
+    def _child_filler(self, warn: Callable[[str], None]) -> PackFiller:
+        """The filler of the child process (restorechild.py), built in the child."""
+        return PackFiller(self.repo, {}, None, workers=1, max_read=self.opts.max_read,
+                          sparse=self.opts.sparse, warn=warn, lock=threading.Lock())
+
+    def _fill(self, child: restorechild.SmallPackWriter | None) -> None:
         PackFiller(self.repo, self._locs, self.progress, workers=self.opts.workers,
                    max_read=self.opts.max_read, sparse=self.opts.sparse, warn=self._warn,
                    small_threads=self.opts.small_pack_threads,
-                   lock=self._lock).fill(self._by_pack)
+                   lock=self._lock).fill(self._by_pack, child)
 
     # ------------------------------------------------------------------ phase 3
     def _apply_metadata(self, path: bytes, meta: _Meta, ours: bool = False,
