@@ -38,6 +38,7 @@ INFO = [
     ("time-restore", "restore time (s)"),
     ("time-check", "check --read-data time (s)"),
     ("rss-check", "peak RSS of check --read-data (MiB)"),
+    ("pss-restore", "peak memory of a restore, all processes (PSS sum, MiB; extra run)"),
 ]
 PHASES = ("init", "backup-initial", "backup-unchanged", "backup-day2", "restore", "check")
 
@@ -77,6 +78,8 @@ def _values(tool: dict, corpus_bytes: int, restored_bytes: int,
         v["rss-restore"] = ok["restore"]["maxrss_kb"] / 1024
     if "check" in ok:
         v["rss-check"] = ok["check"]["maxrss_kb"] / 1024
+    if tool.get("restore_pss_kb"):
+        v["pss-restore"] = tool["restore_pss_kb"] / 1024
     if {"after-initial", "after-unchanged"} <= repo.keys():
         v["bytes-repo-initial"] = repo["after-initial"] / MiB
         v["bytes-unchanged-added"] = ((repo["after-unchanged"] - repo["after-initial"]) / MiB

@@ -69,12 +69,16 @@ class Measurer:
                         except OSError:
                             pass
 
-    def run(self, name: str, argv: list[str], env: dict[str, str], cwd: Path) -> dict:
+    def run(self, name: str, argv: list[str], env: dict[str, str], cwd: Path,
+            pss: bool = False) -> dict:
+        """``pss``: also sample the memory of all the command's processes (see measure.py)."""
         base = self.log_dir / name
         rusage = base.with_suffix(".rusage.json")
         out_path, err_path = base.with_suffix(".out"), base.with_suffix(".err")
+        flags = ["--pss"] if pss else []
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = subprocess.Popen([sys.executable, "-I", "-S", str(MEASURE), str(rusage), *argv],
+            proc = subprocess.Popen([sys.executable, "-I", "-S", str(MEASURE), *flags,
+                                     str(rusage), *argv],
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
                                     cwd=cwd, start_new_session=True)
             try:
@@ -257,7 +261,7 @@ class BackendRun:
                    warm_repo, verify, self.repeat, empty_target)
         self.phase("check", lambda tool: tool.check(self.repo(tool)), warm_repo,
                    repeat=self.repeat)
-        self.extras()
+        self.extras(done)
         for path in (done, self.work / "day1"):  # after the last measured command
             shutil.rmtree(path, ignore_errors=True)
         return self.res
@@ -280,12 +284,18 @@ class BackendRun:
                 if copy.exists():
                     subprocess.run(["cp", "-a", str(copy), str(live)], check=True)
 
-    def extras(self) -> None:
-        """Not timed: how many snapshots each tool has, and its raw-data stats if offered."""
+    def extras(self, restored: Path) -> None:
+        """Not timed: the memory of one more restore (into ``restored``) counted over all of
+        its processes, how many snapshots each tool has, and its raw-data stats if offered."""
         for tool in self.tools:
             t = self.res["tools"][tool.name]
             if t.get("failed"):
                 continue
+            step = self.m.run(f"{self.backend}-restore-pss-{tool.name}",
+                              tool.restore(self.repo(tool), str(restored / f"{tool.name}-pss")),
+                              self.env(tool), self.work, pss=True)
+            if step["status"] == "ok":
+                t["restore_pss_kb"] = step["peak_pss_kb"]
             step = self.m.run(f"{self.backend}-snapshots-{tool.name}",
                               tool.snapshots(self.repo(tool)), self.env(tool), self.work)
             snaps = parse_json(step["stdout"]) if step["status"] == "ok" else None
