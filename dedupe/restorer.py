@@ -431,8 +431,10 @@ class Restorer:
 
     # ------------------------------------------------------------------ phase 2
     def _child_filler(self, warn: Callable[[str], None]) -> PackFiller:
-        """The filler of the child process (restorechild.py), built in the child."""
-        return PackFiller(self.repo, {}, None, workers=1, max_read=self.opts.max_read,
+        """The filler of the child process (restorechild.py), built in the child. Its
+        reads are of small blobs: 1 MiB at most each is enough (less memory)."""
+        return PackFiller(self.repo, {}, None, workers=1,
+                          max_read=min(self.opts.max_read, 1024 * 1024),
                           sparse=self.opts.sparse, warn=warn, lock=threading.Lock())
 
     def _fill(self, child: restorechild.SmallPackWriter | None) -> None:
