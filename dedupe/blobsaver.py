@@ -24,6 +24,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+from .backends import is_local
 from .backends.base import pack_name
 from .chunker import Segment, anonymous as _anonymous
 from .crypto import OVERHEAD
@@ -49,7 +50,7 @@ class BlobSaver:
         *,
         workers: int = 2,
         max_encoding: int = 8,
-        max_uploads: int = 2,
+        max_uploads: int | None = None,
         upload_threads: int = 2,
         index_batch: int = 64,
         on_pack: Callable[[int, int], None] | None = None,
@@ -60,6 +61,11 @@ class BlobSaver:
         self._encode_pool = ThreadPoolExecutor(workers, thread_name_prefix="snap-encode")
         self._upload_pool = ThreadPoolExecutor(upload_threads, thread_name_prefix="snap-upload")
         self._encode_slots = threading.BoundedSemaphore(max_encoding)
+        if max_uploads is None:
+            # Finished packs queued or being stored. A local write takes milliseconds, and a
+            # second queued pack only held 16 MiB more: 4 warm backups of the 2 GB corpus,
+            # peak RSS 137-159 -> 139-145 MiB, no slower. A remote store wants two PUTs.
+            max_uploads = 1 if is_local(repo.backend) else 2
         self._upload_slots = threading.BoundedSemaphore(max_uploads)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)

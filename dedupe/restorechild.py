@@ -41,7 +41,7 @@ from typing import Callable, NamedTuple, NoReturn
 
 import msgpack
 
-from .backends.local import LocalBackend
+from .backends import is_local
 from .errors import SnapError
 from .index import BlobLocation
 
@@ -59,10 +59,7 @@ def usable(backend) -> bool:
     """Whether a child can write from ``backend``: on Linux (fork without exec is unsafe on
     macOS), and a local directory under any wrappers (a remote store's client and its
     connections must not be shared with a child)."""
-    while hasattr(backend, "inner"):
-        backend = backend.inner
-    return (isinstance(backend, LocalBackend) and sys.platform.startswith("linux")
-            and hasattr(os, "fork"))
+    return is_local(backend) and sys.platform.startswith("linux") and hasattr(os, "fork")
 
 
 class _Place(NamedTuple):

@@ -886,3 +886,15 @@ def test_a_large_body_that_ends_early_is_an_error_not_zeros():
 
     with pytest.raises(IncompleteReadError):
         s3._read_body(Quiet(), len(whole))
+
+
+def test_is_local_sees_through_wrappers(tmp_path):
+    from dedupe.backends import is_local
+    from dedupe.backends.base import BackendWrapper
+
+    class Remote:
+        location = "s3:bucket/prefix"
+
+    local = LocalBackend(str(tmp_path))
+    assert is_local(local) and is_local(wrap_backend(local, fault_rate=0.0))
+    assert not is_local(Remote()) and not is_local(BackendWrapper(Remote()))

@@ -143,3 +143,20 @@ def test_chunk_views_of_a_window_are_kept_only_when_large(repo):
         saver.flush()
     assert repo.load_blob(BLOB_DATA, repo.key.blob_id(small)) == small
     assert repo.load_blob(BLOB_DATA, repo.key.blob_id(large)) == large
+
+
+def test_a_local_backup_queues_one_finished_pack_a_remote_one_two(repo):
+    from dedupe.blobsaver import BlobSaver
+
+    class Remote:  # no ``inner`` to a local directory: a remote store, for the saver
+        location = "s3:bucket/prefix"
+
+        def __init__(self, real) -> None:
+            self._real = real
+
+        def __getattr__(self, attr):
+            return getattr(self._real, attr)
+
+    assert BlobSaver(repo)._upload_slots._value == 1
+    repo.backend = Remote(repo.backend)
+    assert BlobSaver(repo)._upload_slots._value == 2

@@ -23,7 +23,7 @@ from .local import LocalBackend
 from .retry import RetryBackend
 
 __all__ = [
-    "Backend", "ObjectInfo", "NAMESPACES", "LocalBackend", "open_backend", "pack_name",
+    "Backend", "ObjectInfo", "NAMESPACES", "LocalBackend", "is_local", "open_backend", "pack_name",
     "wrap_backend", "RetryBackend", "CountingBackend", "FaultInjectingBackend", "request_counts",
 ]
 
@@ -42,6 +42,13 @@ def open_backend(url: str, **options: Any) -> Backend:
     if ":" in url and "/" not in scheme and len(scheme) > 1 and not url.startswith("/"):
         raise BackendConfigError(f"unsupported repository type {scheme!r} in {url!r}")
     return LocalBackend(url)
+
+
+def is_local(backend: Backend) -> bool:
+    """Whether ``backend`` is a local directory, under any wrappers (which hold ``inner``)."""
+    while (inner := getattr(backend, "inner", None)) is not None:
+        backend = inner
+    return isinstance(backend, LocalBackend)
 
 
 def wrap_backend(backend: Backend, *, retry_attempts: int = 6, retry_base_delay: float = 0.2,
