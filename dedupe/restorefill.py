@@ -54,8 +54,7 @@ class PackFiller:
         contend in the kernel, and their short system calls hand the GIL back and forth. The
         other threads write packs of large blobs meanwhile. With one such thread of three, 4
         alternating cold restores of the 2 GB corpus: 4.75 -> 4.42 s, system time 3.8 -> 2.5 s
-        (31k small files alone, one thread for all: 3.0 -> 2.85 s, system time 1.8 -> 1.0 s).
-"""
+        (31k small files alone, one thread for all: 3.0 -> 2.85 s, system time 1.8 -> 1.0 s)."""
         self.repo, self._locs, self.progress = repo, locs, progress
         self.workers, self.max_read, self.sparse = workers, max_read, sparse
         self._warn, self._lock = warn, lock
