@@ -153,7 +153,7 @@ class BackendRun:
         for tool in self.tools:
             for path in (Path(self.repo(tool)) if self.backend == "local" else None,
                          self.work / "cache" / f"{self.backend}-{tool.name}",
-                         self.work / "restore" / tool.name, self.work / "aside"):
+                         self.work / "restore" / tool.name):
                 if path is not None:
                     shutil.rmtree(path, ignore_errors=True)
             if self.s3:
@@ -218,8 +218,7 @@ class BackendRun:
         self.phase("init", lambda tool: tool.init(self.repo(tool)))
         self.res["corpus_bytes_day1"] = tree_bytes(self.src)
         self.phase("backup-initial", lambda tool: tool.backup(self.repo(tool), src),
-                   warm_src, record("after-initial"), self.repeat if local else 1,
-                   self._fresh_repo)
+                   warm_src, record("after-initial"))
         self.phase("backup-unchanged", lambda tool: tool.backup(self.repo(tool), src),
                    warm_src, record("after-unchanged"), self.repeat)
         started = time.perf_counter()
@@ -263,28 +262,9 @@ class BackendRun:
         self.phase("check", lambda tool: tool.check(self.repo(tool)), warm_repo,
                    repeat=self.repeat)
         self.extras(done)
-        for path in (done, self.work / "day1", self.work / "aside"):  # after the last command
+        for path in (done, self.work / "day1"):  # after the last measured command
             shutil.rmtree(path, ignore_errors=True)
         return self.res
-
-    def _fresh_repo(self, tool: Tool, round_: int) -> None:
-        """The initial backup in rounds (local repositories only): before every round but the
-        first, the repository and cache the last round filled are set aside (deleted after the
-        last measured command, like the restored trees: deleting 1.2 GB stalled this VM's disk
-        for seconds) and the repository is initialised again, unmeasured. The later phases
-        use the last round's repository."""
-        if round_ == 0:
-            return
-        aside = self.work / "aside" / f"{self.backend}-{tool.name}-{round_}"
-        aside.mkdir(parents=True)
-        for live, name in ((Path(self.repo(tool)), "repo"),
-                           (self.work / "cache" / f"{self.backend}-{tool.name}", "cache")):
-            if live.exists():
-                live.rename(aside / name)
-        step = self.m.run(f"{self.backend}-init-{tool.name}-{round_}", tool.init(self.repo(tool)),
-                          self.env(tool), self.work)
-        if step["status"] != "ok":
-            log(f"[{self.backend}] init {tool.name} again FAILED {step['error']}")
 
     def _day1_state(self, tool: Tool, round_: int) -> None:
         """Day 2 in rounds (local repositories only): the repository and the cache as they
@@ -397,9 +377,9 @@ def parse_args(argv):
     p.add_argument("--timeout", type=float, help="limit per command in seconds "
                                                  "(default 4 h; 120 s with --smoke)")
     p.add_argument("--repeat", type=int,
-                   help="rounds of the initial and the day-2 backup (local only), the "
-                        "unchanged re-backup, the restore and the check; the median round is "
-                        "reported (default 3; 1 with --smoke)")
+                   help="rounds of the unchanged re-backup, the day-2 backup (local only), the "
+                        "restore and the check; the median round is reported (default 3; 1 with "
+                        "--smoke)")
     p.add_argument("--regen", action="store_true", help="regenerate the cached corpus")
     p.add_argument("--no-install", action="store_true", help="never apt-get install restic")
     return p.parse_args(argv)
@@ -456,9 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         f"restic: {versions.get('restic', '-')}; cache: {cache_note}; logs: {log_dir}")
 
     # pristine corpus + working copy + two repositories (about 0.7x each) and their day-1
-    # copies + every restore round of both tools and the repositories of the earlier initial
-    # backup rounds (all kept to the end) + slack
-    need = int((5 + 2 * repeat + 1.4 * (repeat - 1)) * size)
+    # copies + every restore round of both tools (kept to the end) + slack
+    need = (5 + 2 * repeat) * size
     free = shutil.disk_usage(work).free
     if free < need:
         log(f"warning: {free / (1 << 30):.1f} GiB free under {work}; this run may need about "
@@ -494,9 +473,8 @@ def main(argv: list[str] | None = None) -> int:
                        f"{corpus_stats['files']} files (generator v{GENERATOR_VERSION}, "
                        f"{corpus_stats['seconds']} s)",
              "page cache": cache_note,
-             "rounds": f"initial and day-2 backup (local only), unchanged re-backup, restore "
-                       f"and check: median of {repeat} (A/B order alternating every round); "
-                       "other phases: 1"
+             "rounds": f"unchanged re-backup, day-2 backup (local only), restore and check: "
+                       f"median of {repeat} (A/B order alternating every round); other phases: 1"
                        if repeat > 1 else "1 per phase",
              "compared": "restic --compression auto (zstd, about level 3; repository v2) vs snap's"
                          " default compression",
