@@ -61,6 +61,8 @@ class RestoreOptions:
     # process beside the threads (restorechild.py). 4 alternating cold restores of the 2 GB
     # corpus: 4.25 -> 3.98 s and 4.35 -> 3.71 s (9.35 -> 6.97 and 8.54 -> 5.96 s during a
     # disk stall); peak memory of both processes (PSS) 93-96 -> 118-123 MiB (restic: 129-132).
+    # The child is forked when the restore starts: an application embedding the library whose
+    # other threads may hold locks then (in OpenSSL, say) should turn this off.
     small_pack_process: bool = True
     # Largest coalesced read: bounds memory per worker. Remote stores want it large (each
     # request costs money and latency), local disks small (memory matters more).
