@@ -2,16 +2,7 @@
 
 from __future__ import annotations
 
-
-def _mallopt(*settings: tuple[int, int]) -> None:
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        for param, value in settings:
-            libc.mallopt(param, value)
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
+from dedupe.mallopt import M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, mallopt
 
 
 def tune_malloc() -> None:
@@ -20,8 +11,7 @@ def tune_malloc() -> None:
     for all threads: blobs are allocated by one thread and freed by another, and with an
     arena per thread the small ones fragment several heaps (a cold 2 GB backup measured
     ~5% faster and no larger with one)."""
-    _mallopt((-3, 256 * 1024),  # M_MMAP_THRESHOLD
-             (-8, 1))  # M_ARENA_MAX
+    mallopt((M_MMAP_THRESHOLD, 256 * 1024), (M_ARENA_MAX, 1))
 
 
 def tune_malloc_for_reading() -> None:
@@ -30,5 +20,4 @@ def tune_malloc_for_reading() -> None:
     Otherwise each buffer is a fresh mmap whose pages the kernel faults in and zeroes:
     800k page faults and ~20% of a 2 GB ``check --read-data``; in a 2 GB restore 808k page
     faults and 1-1.5 s of its 8 s (31k faults with this, peak RSS 101 -> 110 MB)."""
-    _mallopt((-3, 32 * 1024 * 1024),  # M_MMAP_THRESHOLD
-             (-1, 256 * 1024 * 1024))  # M_TRIM_THRESHOLD
+    mallopt((M_MMAP_THRESHOLD, 32 * 1024 * 1024), (M_TRIM_THRESHOLD, 256 * 1024 * 1024))
