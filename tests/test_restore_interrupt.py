@@ -11,12 +11,11 @@ import pytest
 from dedupe.archiver import Archiver
 from dedupe.backends import LocalBackend
 from dedupe.backends.base import BackendWrapper, pack_name
-from dedupe.blobsaver import BlobSaver
 from dedupe.config import Config
-from dedupe.crypto import KdfParams
 from dedupe.packs import BLOB_TREE
 from dedupe.repository import Repository
 from dedupe.restorer import RestoreOptions, Restorer
+from helpers import small_pack_repo
 
 
 class InterruptedAtFirstDataPack(BackendWrapper):
@@ -37,16 +36,8 @@ class InterruptedAtFirstDataPack(BackendWrapper):
 
 
 def test_interrupt_cancels_the_remaining_pack_reads(tmp_path):
-    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), b"pw",
-                           Config(chunk_min=4096, chunk_avg=16384, chunk_max=65536),
-                           kdf=KdfParams(1, 8 << 20), cache_root=str(tmp_path / "c"))
-
-    def small_pack_saver(**kw):  # many packs from little data; the format is unchanged
-        saver = BlobSaver(repo, **kw)
-        saver.pack_size = 32 << 10
-        return saver
-
-    repo.new_saver = small_pack_saver
+    repo = small_pack_repo(tmp_path, Config(chunk_min=4096, chunk_avg=16384, chunk_max=65536),
+                           32 << 10)
     src = tmp_path / "src"
     src.mkdir()
     rnd = random.Random(5)

@@ -17,29 +17,12 @@ from dedupe import restorechild
 from dedupe.archiver import Archiver
 from dedupe.backends import LocalBackend
 from dedupe.backends.base import BackendWrapper, pack_name
-from dedupe.blobsaver import BlobSaver
 from dedupe.config import Config
-from dedupe.crypto import KdfParams
 from dedupe.errors import SnapError
 from dedupe.index import BlobLocation
 from dedupe.restorefill import PackFiller
 from dedupe.restorer import RestoreOptions, Restorer
-
-
-def _repo(tmp_path):
-    from dedupe.repository import Repository
-
-    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), b"pw",
-                           Config(chunk_min=64 << 10, chunk_avg=128 << 10, chunk_max=256 << 10),
-                           kdf=KdfParams(1, 8 << 20), cache_root=str(tmp_path / "c"))
-
-    def small_pack_saver(**kw):  # many packs from little data; the format is unchanged
-        saver = BlobSaver(repo, **kw)
-        saver.pack_size = 512 << 10
-        return saver
-
-    repo.new_saver = small_pack_saver
-    return repo
+from helpers import small_pack_repo
 
 
 def _source(tmp_path) -> dict[str, bytes]:
@@ -61,7 +44,8 @@ def _source(tmp_path) -> dict[str, bytes]:
 @pytest.fixture
 def backed_up(tmp_path, monkeypatch):
     """(repo, snapshot, files, log): ``log`` lists 'pid small' per pack written."""
-    repo = _repo(tmp_path)
+    repo = small_pack_repo(
+        tmp_path, Config(chunk_min=64 << 10, chunk_avg=128 << 10, chunk_max=256 << 10), 512 << 10)
     files = _source(tmp_path)
     snap = Archiver(repo).backup([str(tmp_path / "src")]).snapshot
     log = tmp_path / "packs.log"
