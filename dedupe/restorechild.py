@@ -90,6 +90,12 @@ def _decode(pack_id: bytes, entries) -> tuple[dict, dict]:
     return locs, blobs
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class _Reporter:
     """In the child: the filler's ``_done`` and ``_warn``, batched into messages."""
 
@@ -110,9 +116,7 @@ class _Reporter:
         self._warnings.append(message)
 
     def send(self, *final: str | None) -> None:
-        data = memoryview(msgpack.packb([self._bytes, self._ids, self._warnings, *final]))
-        while data:
-            data = data[os.write(self._fd, data):]
+        _write_all(self._fd, msgpack.packb([self._bytes, self._ids, self._warnings, *final]))
         self._bytes, self._ids, self._warnings = 0, [], []
         self._last = time.monotonic()
 
@@ -205,10 +209,8 @@ class SmallPackWriter:
             for places in blobs.values():
                 for item, _ in places:
                     self._items[id(item)] = item
-            data = memoryview(_encode(pack_id, blobs, locs))
             try:
-                while data:
-                    data = data[os.write(self._work, data):]
+                _write_all(self._work, _encode(pack_id, blobs, locs))
             except BrokenPipeError:
                 return  # the child has ended: raise_error says why
 
