@@ -154,7 +154,8 @@ class BlobSaver:
     def _encode(self, batch: list) -> None:
         try:
             for blob_type, blob_id, data in batch:
-                payload, comp = self.codec.compress(data)
+                # (a view of this thread's buffer, valid until its next blob: sealed below)
+                payload, comp = self.codec.compress_in_place(data)
                 stored_length = len(payload) + OVERHEAD
                 with self._lock:
                     builder, full = self._builder_for(blob_type, stored_length)

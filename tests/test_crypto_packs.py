@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 
 import msgpack
 import pytest
@@ -275,6 +276,54 @@ def test_blob_round_trip_compressible(size):
     assert len(stored) - OVERHEAD < size
     if size >= 4096:
         assert len(stored) < size // 4
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.binary(max_size=4096), st.integers(0, 3 * MiB), st.booleans(), st.integers(0, 3))
+def test_compress_in_place_gives_compress_bytes(head, size, compressible, level):
+    """The same payload and flag as ``compress``, through the in-place path below 2 MiB and
+    the fallback above it; a zstd payload decodes back to the data."""
+    codec = BlobCodec(KEY, level)
+    if compressible:
+        data = (head + b"snap compresses this line well. " * (size // 32 + 1))[:size]
+    else:
+        data = head + os.urandom(size // 64)  # (random bytes: a smaller size keeps it quick)
+    for buffer in (data, memoryview(data)):  # chunks arrive as views too
+        payload, comp = codec.compress_in_place(buffer)
+        expected, expected_comp = codec.compress(data)
+        assert (bytes(payload), comp) == (bytes(expected), expected_comp)
+        if comp == COMP_ZSTD:
+            assert codec._dctx().decompress(bytes(payload), max_output_size=len(data)) == data
+
+
+def test_compress_in_place_reuses_one_buffer_per_thread():
+    """No new memory per blob: each thread's payloads are views of its own one buffer, so two
+    threads compressing at once do not overwrite each other's."""
+    codec = BlobCodec(KEY, 3)
+    blobs = [(b"%d: snap compresses this line well. " % i) * 20_000 for i in range(6)]
+    first, _ = codec.compress_in_place(blobs[0])
+    second, _ = codec.compress_in_place(blobs[1])
+    assert isinstance(first, memoryview) and first.obj is second.obj
+    results: dict = {}
+
+    def run(name: str, data: list[bytes]) -> None:
+        out = []
+        for blob in data:
+            payload, comp = codec.compress_in_place(blob)
+            assert comp == COMP_ZSTD
+            out.append((payload.obj, codec._dctx().decompress(bytes(payload),
+                                                                max_output_size=len(blob))))
+        results[name] = out
+
+    threads = [threading.Thread(target=run, args=(n, blobs[i::2] * 20)) for i, n in enumerate("ab")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, name in enumerate("ab"):
+        assert [plain for _, plain in results[name]] == blobs[i::2] * 20
+        assert len({id(obj) for obj, _ in results[name]}) == 1
+    assert results["a"][0][0] is not results["b"][0][0]
 
 
 def test_blob_level_zero_stores_raw():
