@@ -898,3 +898,94 @@ def test_is_local_sees_through_wrappers(tmp_path):
     local = LocalBackend(str(tmp_path))
     assert is_local(local) and is_local(wrap_backend(local, fault_rate=0.0))
     assert not is_local(Remote()) and not is_local(BackendWrapper(Remote()))
+
+
+# ------------------------------------------------------------------- local: past the page cache
+
+
+def _o_direct_works(directory) -> bool:
+    try:
+        os.close(os.open(os.path.join(directory, "probe"), os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
+    except OSError:
+        return False
+    return True
+
+
+def _record_writes(monkeypatch) -> list[tuple[int, bool]]:
+    """(length, written with O_DIRECT) of every os.write from now on."""
+    import fcntl
+
+    writes = []
+    real_write = os.write
+
+    def write(fd, data):
+        n = real_write(fd, data)
+        writes.append((n, bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)))
+        return n
+
+    monkeypatch.setattr(os, "write", write)
+    return writes
+
+
+def test_local_put_writes_large_aligned_buffers_past_the_page_cache(tmp_path, monkeypatch):
+    """A pack (a page-aligned buffer, 1 MiB or more) goes out with O_DIRECT but for its
+    unaligned tail; unaligned or small objects go through the page cache. Every object reads
+    back byte for byte."""
+    import mmap
+
+    from dedupe.backends.local import DIRECT_MIN
+
+    backend = LocalBackend(str(tmp_path / "repo"))
+    direct = _o_direct_works(tmp_path)
+    rng = random.Random(7)
+    buf = mmap.mmap(-1, 4 * MiB)
+    pack = rng.randbytes(3 * MiB + 123)
+    buf[:len(pack)] = pack
+    writes = _record_writes(monkeypatch)
+    backend.put("data/ab/" + "ab" + "0" * 62,
+                memoryview(buf)[:len(pack)], bulk=True)
+    if direct:
+        assert sum(n for n, d in writes if d) == 3 * MiB and writes[-1] == (123, False)
+    else:
+        assert writes and not any(d for _, d in writes)
+    unaligned = rng.randbytes(DIRECT_MIN + 5000)  # a bytes object: never page-aligned
+    small = memoryview(buf)[:DIRECT_MIN - 4096]
+    writes.clear()
+    backend.put("index/" + "cd" * 32, unaligned)
+    backend.put("index/" + "ef" * 32, small)
+    assert writes and not any(d for _, d in writes)
+    assert backend.get("data/ab/" + "ab" + "0" * 62) == pack
+    assert backend.get("index/" + "cd" * 32) == unaligned
+    assert backend.get("index/" + "ef" * 32) == bytes(small)
+    assert backend._direct == direct  # an unaligned buffer does not turn O_DIRECT off
+
+
+def test_local_put_on_a_file_system_without_o_direct(tmp_path, monkeypatch):
+    """A file system that refuses O_DIRECT (EINVAL from fcntl) gets every byte through the
+    page cache, and is not asked again."""
+    import errno
+    import fcntl
+    import mmap
+
+    from dedupe.backends import local as local_mod
+
+    asked = []
+    real_fcntl = fcntl.fcntl
+
+    def refusing(fd, cmd, arg=0):
+        if cmd == fcntl.F_SETFL and arg & os.O_DIRECT:
+            asked.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_fcntl(fd, cmd, arg)
+
+    monkeypatch.setattr(local_mod.fcntl, "fcntl", refusing)
+    backend = LocalBackend(str(tmp_path / "repo"))
+    buf = mmap.mmap(-1, 2 * MiB)
+    data = random.Random(8).randbytes(2 * MiB)
+    buf[:] = data
+    writes = _record_writes(monkeypatch)
+    for name in ("data/00/" + "0" * 64, "data/11/" + "1" * 64):
+        backend.put(name, memoryview(buf), bulk=True)
+        assert backend.get(name) == data
+    assert len(asked) == 1 and not backend._direct
+    assert writes and not any(d for _, d in writes)

@@ -5,11 +5,21 @@ links it to the final name (``os.link`` fails if the name exists, so an object i
 replaced, even by a racing writer), removes the temporary name and fsyncs the directory. A
 crash leaves at most a ``.tmp-*`` file, never a partial object under a final name; ``list``
 ignores temporaries.
+
+Large objects (packs) are written past the page cache (``O_DIRECT``) where the file system
+allows it and the caller's buffer is page-aligned, as the blob saver's pack buffers are: the
+object is synced to the disk at once anyway, and the page cache's copy and write-back cost
+more CPU than anything else in writing it (75 packs of 16 MiB with fsync on this project's
+test VM: 4.0-4.9 s, 3.1-3.8 s of it system time; with O_DIRECT 1.1 s and 0.07 s). It also
+leaves the server's page cache to the server. The unaligned tail of an object, any object
+whose buffer is not aligned, and every object on a file system without O_DIRECT (tmpfs before
+Linux 6.6, some network file systems) go through the page cache as before.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import uuid
 from typing import Iterator
@@ -18,6 +28,9 @@ from ..errors import AlreadyExists, BackendError, NotFound, PermissionDenied
 from .base import NAMESPACES, ObjectInfo, check_name, read_exactly
 
 _TMP_PREFIX = ".tmp-"
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+DIRECT_MIN = 1024 * 1024  # objects from this size try O_DIRECT
+_DIRECT_ALIGN = 4096  # O_DIRECT lengths are multiples of this (the largest logical block)
 
 
 def _fsync_dir(path: str) -> None:
@@ -34,6 +47,7 @@ class LocalBackend:
         self.location = self.root
         self._fsync = fsync
         self._made_dirs: set[str] = set()
+        self._direct = bool(_O_DIRECT)  # cleared once this file system refuses O_DIRECT
 
     def _path(self, name: str) -> str:
         return os.path.join(self.root, *check_name(name).split("/"))
@@ -59,7 +73,9 @@ class LocalBackend:
             self._ensure_dir(directory)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                view = memoryview(data)
+                view = memoryview(data).cast("B")
+                if self._direct and len(view) >= DIRECT_MIN:
+                    view = self._write_direct(fd, view)
                 while view:
                     written = os.write(fd, view)
                     view = view[written:]
@@ -84,6 +100,25 @@ class LocalBackend:
             except OSError:
                 pass
             raise self._oserror(exc, name) from exc
+
+    def _write_direct(self, fd: int, view: memoryview) -> memoryview:
+        """Write what O_DIRECT can of ``view`` to ``fd`` (its aligned length, if its buffer
+        is aligned); return the rest, for the page cache. ``fd`` is left without O_DIRECT."""
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT)
+        except OSError:  # (EINVAL) this file system has no O_DIRECT
+            self._direct = False
+            return view
+        try:
+            while len(view) >= _DIRECT_ALIGN:
+                view = view[os.write(fd, view[:len(view) - len(view) % _DIRECT_ALIGN]):]
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # (EINVAL: an unaligned buffer, written below)
+                raise
+        finally:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+        return view
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         try:
