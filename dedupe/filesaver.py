@@ -178,14 +178,19 @@ class FileSaver:
             self._slots.release()
             raise
 
+    def stop(self) -> None:
+        """Make every read in progress, on any thread, stop at its next chunk (raising
+        Interrupted), and so every read until ``close``."""
+        self._stop = True
+
     def close(self) -> None:
         """Stop the workers; queued jobs not yet started are dropped, running ones stop at
         their next chunk (after an error or an interruption, nobody waits for them)."""
+        self._stop = True
         if self._pool is not None:
-            self._stop = True
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-            self._stop = False
+        self._stop = False
 
 
 class Done:
@@ -214,7 +219,7 @@ class DirReads:
     def add(self, path: bytes, st: os.stat_result, node: dict, extra=None,
             same_as: ReadSlot | None = None) -> ReadSlot:
         """Read or queue a file; with ``same_as`` (a hard link to a file read or queued
-        before), reuse that result instead of reading again."""
+        before, or a file read ahead: earlyreads.py), use that result instead."""
         if same_as is not None:
             slot = same_as
         elif st.st_size <= self.saver.small:

@@ -11,6 +11,8 @@ re-backup ~30% slower, and an in-process totals scan cost a 1 s backup 0.2-0.35 
   unchanged re-backup of the 2 GB benchmark corpus: 1.28 s -> 0.93 s).
 - **Totals.** It counts regular files and their bytes and reports them (for a progress line's
   ETA, restic's "scanner"). Excluded paths are counted too: the totals are an estimate.
+- **Large files.** It reports the paths of regular files larger than ``large`` bytes (with one
+  link), so that an initial backup can read them ahead of the walker (earlyreads.py).
 
 It never crosses a file system boundary (a network mount that the backup excludes must not be
 walked), stops after ``limit`` entries when it only warms the cache (excluded subtrees are
@@ -18,9 +20,10 @@ walked too, so the lead is bounded by the size of the last snapshot), exits when
 is gone (its stdin ends), and is killed when the backup ends (see helperproc.py). If it cannot
 start, nothing else changes.
 
-Run as a script (``python -I -S statahead.py LIMIT COUNT ROOT...``; LIMIT 0 for none, COUNT
-1 to report totals) it imports the standard library only, which keeps its start-up at ~15 ms.
-It then writes ``FILES BYTES`` lines to stdout every 0.25 s and ``FILES BYTES done`` last.
+Run as a script (``python -I -S statahead.py LIMIT COUNT LARGE ROOT...``; LIMIT 0 for none,
+COUNT 1 to report totals, LARGE 0 for no large files) it imports the standard library only,
+which keeps its start-up at ~15 ms. It then writes ``FILES BYTES`` lines to stdout every
+0.25 s and ``FILES BYTES done`` last, and an ``F HEXPATH`` line for each large file.
 Each line it reads on stdin is a new LIMIT (the backup knows it only once the parent snapshot
 is found, and starts the helper before that); the end of stdin ends the walk.
 """
@@ -42,28 +45,37 @@ _THREADS = 2  # measured: 1 thread 0.52 s, 2 threads 0.42 s, 8 threads 0.60 s (k
 _REPORT_EVERY = 0.25  # seconds between totals lines
 
 Totals = Callable[[int, int, bool], None]  # (files, bytes, complete)
+Large = Callable[[bytes], None]  # the path of a large file
 
 
 class StatAhead:
     """Start the helper process for ``roots``; ``close`` ends it. Safe to close twice.
 
     ``limit``: entries to walk at most (0: none until ``set_limit``). ``count``: the helper
-    counts totals, which go to the callback ``on_totals`` sets (from a reader thread)."""
+    counts totals, which go to the callback ``on_totals`` sets (from a reader thread).
+    ``large``: the helper reports regular files larger than this (0: none) to the callback
+    ``on_large`` sets, from the reader thread, which waits for that decision (the helper's
+    pipe then fills, and its walk pauses) unless ``close`` comes first."""
 
-    def __init__(self, roots: list[str], limit: int = 0, count: bool = False) -> None:
+    def __init__(self, roots: list[str], limit: int = 0, count: bool = False,
+                 large: int = 0) -> None:
         self._proc: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
         self._callback: Totals | None = None
         self._last: tuple[int, int, bool] | None = None
+        self._large: Large | None = None
+        self._large_decided = threading.Event()  # on_large was called, or close
         self._lock = threading.Lock()
-        self._proc = helperproc.spawn(__file__, [str(limit), "1" if count else "0",
-                                                 *(os.fsencode(r) for r in roots)], stdout=count)
+        piped = count or large > 0
+        self._proc = helperproc.spawn(__file__, [str(limit), "1" if count else "0", str(large),
+                                                 *(os.fsencode(r) for r in roots)], stdout=piped)
         if self._proc is None:
             return
-        if count:
-            self._reader = threading.Thread(target=_read_totals,
-                                            args=(self._proc.stdout, self._deliver),
-                                            name="snap-totals", daemon=True)
+        if piped:
+            self._reader = threading.Thread(target=_read_reports,
+                                            args=(self._proc.stdout, self._deliver,
+                                                  self._deliver_large),
+                                            name="snap-stat-ahead", daemon=True)
             self._reader.start()
 
     @property
@@ -83,6 +95,18 @@ class StatAhead:
         if callback is not None:
             callback(files, size, complete)
 
+    def on_large(self, callback: Large | None) -> None:
+        """Send the large files' paths to ``callback`` (None: drop them), those reported so
+        far first. The reader thread calls it, and may block in it."""
+        self._large = callback
+        self._large_decided.set()
+
+    def _deliver_large(self, path: bytes) -> None:
+        self._large_decided.wait()
+        callback = self._large
+        if callback is not None:
+            callback(path)
+
     def set_limit(self, limit: int) -> None:
         """Stop the walk after ``limit`` entries (for a helper started before it was known)."""
         proc = self._proc
@@ -95,6 +119,8 @@ class StatAhead:
             pass
 
     def close(self) -> None:
+        """End the helper. A callback ``on_large`` set must not be blocked by then."""
+        self._large_decided.set()  # (without a decision: drop the reports)
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -110,22 +136,27 @@ class StatAhead:
         self.close()
 
 
-def _read_totals(pipe, on_totals: Totals) -> None:
+def _read_reports(pipe, on_totals: Totals, on_large: Large) -> None:
     for line in pipe:
         parts = line.split()
         try:
-            on_totals(int(parts[0]), int(parts[1]), parts[2:] == [b"done"])
+            if parts[0] == b"F":
+                on_large(bytes.fromhex(parts[1].decode()))
+            else:
+                on_totals(int(parts[0]), int(parts[1]), parts[2:] == [b"done"])
         except (IndexError, ValueError):
             return
 
 
 def walk(roots: list[bytes], limit: int = 0, threads: int = _THREADS,
-         report: Callable[[int, int, bool], None] | None = None, limits=None) -> int:
+         report: Callable[[int, int, bool], None] | None = None, limits=None,
+         large: int = 0, on_large: Large | None = None) -> int:
     """``lstat`` every entry below ``roots`` (same file system only), depth first in name
     order like the walker, until ``limit`` entries were seen (0: no limit). ``report(files,
     bytes, done)`` gets the regular files counted so far every 0.25 s and at the end.
-    ``limits``: lines that each set a new limit; their end ends the walk. Returns the number
-    of entries seen."""
+    ``limits``: lines that each set a new limit; their end ends the walk. ``on_large(path)``
+    gets each regular file with one link larger than ``large`` bytes (from any thread).
+    Returns the number of entries seen."""
     todo: queue.LifoQueue = queue.LifoQueue()
     state = {"pending": 0, "seen": 0, "files": 0, "bytes": 0, "limit": limit}
     lock = threading.Lock()
@@ -152,6 +183,8 @@ def walk(roots: list[bytes], limit: int = 0, threads: int = _THREADS,
                         if stat.S_ISREG(st.st_mode):
                             files += 1
                             size += st.st_size
+                            if large and st.st_size > large and st.st_nlink == 1 and on_large:
+                                on_large(entry.path)
                         elif stat.S_ISDIR(st.st_mode) and st.st_dev == dev:
                             subdirs.append(entry.name)
             except OSError:
@@ -205,9 +238,19 @@ def walk(roots: list[bytes], limit: int = 0, threads: int = _THREADS,
     return state["seen"]
 
 
+_out_lock = threading.Lock()  # the walk's threads and its reporter share stdout
+
+
 def _print_totals(files: int, size: int, done: bool) -> None:
-    sys.stdout.write(f"{files} {size}{' done' if done else ''}\n")
-    sys.stdout.flush()
+    with _out_lock:
+        sys.stdout.write(f"{files} {size}{' done' if done else ''}\n")
+        sys.stdout.flush()
+
+
+def _print_large(path: bytes) -> None:
+    with _out_lock:
+        sys.stdout.write(f"F {path.hex()}\n")
+        sys.stdout.flush()
 
 
 def _lines(fd: int):
@@ -222,8 +265,9 @@ def _lines(fd: int):
 
 if __name__ == "__main__":
     try:
-        walk([os.fsencode(a) for a in sys.argv[3:]], int(sys.argv[1]),
-             report=_print_totals if sys.argv[2] == "1" else None, limits=_lines(0))
+        walk([os.fsencode(a) for a in sys.argv[4:]], int(sys.argv[1]),
+             report=_print_totals if sys.argv[2] == "1" else None, limits=_lines(0),
+             large=int(sys.argv[3]), on_large=_print_large)
     except BrokenPipeError:  # the backup ended first
         pass
     os._exit(0)  # (the limits reader may still be blocked in its read)

@@ -1,10 +1,11 @@
-"""Stat-ahead: the helper walk's bounds, its process, and when a backup starts it."""
+"""Stat-ahead: the helper walk's bounds, its process, its reports, and when a backup starts it."""
 
 from __future__ import annotations
 
 import io
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from dedupe.archiver import Archiver, BackupOptions
 from dedupe.backends.local import LocalBackend
 from dedupe.crypto import KdfParams
 from dedupe.errors import SourceError
+from dedupe.filesaver import WHOLE_FILE_MAX
 from dedupe.repository import Repository
 
 
@@ -67,6 +69,59 @@ def test_helper_process_reports_totals(tmp_path):
     assert got[-1] == (25, 25, True)
 
 
+def test_walk_reports_large_regular_files_with_one_link(tmp_path):
+    src = tmp_path / "src"
+    make_tree(src, 2, 2)
+    (src / "d000" / "big").write_bytes(b"b" * 1001)
+    (src / "edge").write_bytes(b"e" * 1000)  # not larger than the bound
+    (src / "linked").write_bytes(b"l" * 2000)
+    os.link(src / "linked", src / "d001" / "linked2")  # the walker's hard-link rules decide
+    (src / "symlink").symlink_to("d000/big")
+    got = []
+    statahead.walk([os.fsencode(src)], large=1000, on_large=got.append)
+    assert got == [os.fsencode(src / "d000" / "big")]
+    got.clear()
+    statahead.walk([os.fsencode(src)], on_large=got.append)  # large=0: none
+    assert got == []
+
+
+def test_helper_process_reports_large_files_once_told_where(tmp_path):
+    """The reports wait (in the helper's pipe) until the backup decides; then every one
+    arrives, odd names included. Told None, the reader drops them."""
+    src = tmp_path / "src"
+    names = [b"plain", b"with space", b"new\nline", b"\xff\xfe-not-utf8"]
+    for d in range(3):
+        (src / f"d{d}").mkdir(parents=True)
+        for name in names:
+            with open(os.path.join(os.fsencode(src / f"d{d}"), name), "wb") as f:
+                f.write(b"z" * 600)
+    expected = {os.path.join(os.fsencode(src / f"d{d}"), n) for d in range(3) for n in names}
+    got = []
+    ahead = statahead.StatAhead([str(src)], large=500)
+    deadline = time.monotonic() + 30
+    while ahead.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert got == []  # nobody asked for them yet
+    ahead.on_large(got.append)
+    ahead.close()  # (the reader reads to the pipe's end first)
+    assert set(got) == expected and len(got) == len(expected)
+    dropped = statahead.StatAhead([str(src)], large=500)
+    dropped.on_large(None)
+    dropped.close()  # no hang: the reader dropped the reports
+
+
+def test_helper_close_without_a_decision_does_not_hang(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(2000):  # more reports than a pipe holds: the helper blocks writing
+        (src / f"f{i:04}").write_bytes(b"z" * 3)
+    ahead = statahead.StatAhead([str(src)], large=1)
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    ahead.close()
+    assert time.monotonic() - t0 < 10 and not ahead.running
+
+
 def test_walk_skips_missing_roots(tmp_path):
     assert statahead.walk([os.fsencode(tmp_path / "nothing")], limit=100) == 0
 
@@ -100,6 +155,7 @@ def test_helper_process_finishes_and_close_is_idempotent(tmp_path):
 def test_close_kills_a_running_helper():
     ahead = statahead.StatAhead.__new__(statahead.StatAhead)  # a long-running stand-in
     ahead._proc, ahead._reader = subprocess.Popen(["sleep", "60"]), None
+    ahead._large_decided = threading.Event()
     assert ahead.running
     ahead.close()
     assert not ahead.running
@@ -117,22 +173,23 @@ def test_backup_starts_stat_ahead_only_with_a_large_enough_parent(tmp_path, repo
     started = []
 
     class Recorder(statahead.StatAhead):
-        def __init__(self, roots, limit, count=False):
-            started.append((roots, limit))
-            super().__init__(roots, limit, count)
+        def __init__(self, roots, limit, count=False, large=0):
+            started.append((roots, limit, large))
+            super().__init__(roots, limit, count, large)
 
     monkeypatch.setattr(archiver_mod, "StatAhead", Recorder)
     monkeypatch.setattr(archiver_mod, "STAT_AHEAD_MIN_ENTRIES", entries)
     Archiver(repo).backup([str(src)])
-    assert started == []  # no parent: an initial backup reads data, not metadata
+    # no parent: every file is read; the helper reports the large ones (earlyreads.py)
+    assert started == [([str(src)], 0, WHOLE_FILE_MAX)]
     Archiver(repo).backup([str(src)])
-    assert len(started) == 1  # the parent's summary counts 16 files and 5 directories
-    assert started[0] == ([str(src)], 2 * (16 + 5) + 10_000)
+    assert len(started) == 2  # the parent's summary counts 16 files and 5 directories
+    assert started[1] == ([str(src)], 2 * (16 + 5) + 10_000, 0)
     Archiver(repo, BackupOptions(force=True)).backup([str(src)])
-    assert len(started) == 1  # --force reads everything anyway
+    assert started[2] == ([str(src)], 0, WHOLE_FILE_MAX)  # --force reads every file
     monkeypatch.setattr(archiver_mod, "STAT_AHEAD_MIN_ENTRIES", 10_000)
     Archiver(repo).backup([str(src)])
-    assert len(started) == 1  # too small to pay for a process
+    assert len(started) == 3  # too small to pay for a process
 
 
 def test_backup_counts_totals_when_asked(tmp_path, repo, monkeypatch):
@@ -141,16 +198,16 @@ def test_backup_counts_totals_when_asked(tmp_path, repo, monkeypatch):
     started = []
 
     class Recorder(statahead.StatAhead):
-        def __init__(self, roots, limit=0, count=False):
-            started.append((roots, limit, count))
-            super().__init__(roots, limit, count)
+        def __init__(self, roots, limit=0, count=False, large=0):
+            started.append((roots, limit, count, large))
+            super().__init__(roots, limit, count, large)
             while self.running:  # let it finish so that the totals are complete
                 time.sleep(0.01)
 
     monkeypatch.setattr(archiver_mod, "StatAhead", Recorder)
     archiver = Archiver(repo, BackupOptions(count_totals=True))
     archiver.backup([str(src)])
-    assert started == [([str(src)], 0, True)]  # no parent, no limit
+    assert started == [([str(src)], 0, True, WHOLE_FILE_MAX)]  # no parent, no limit
     p = archiver.progress
     assert (p.total_files, p.total_bytes, p.totals_done) == (6, 6, True)
 
@@ -171,9 +228,9 @@ def test_walk_takes_a_new_limit_and_ends_with_its_input(tmp_path):
 class Tracked(statahead.StatAhead):
     """A real helper that records what the backup does with it."""
 
-    def __init__(self, roots, limit=0, count=False):
-        self.calls = [("start", list(roots), limit, count)]
-        super().__init__(roots, limit, count)
+    def __init__(self, roots, limit=0, count=False, large=0):
+        self.calls = [("start", list(roots), limit, count, large)]
+        super().__init__(roots, limit, count, large)
 
     def set_limit(self, limit):
         self.calls.append(("set_limit", limit))
@@ -182,6 +239,10 @@ class Tracked(statahead.StatAhead):
     def on_totals(self, callback):
         self.calls.append(("on_totals",))
         super().on_totals(callback)
+
+    def on_large(self, callback):
+        self.calls.append(("on_large", callback is not None))
+        super().on_large(callback)
 
     def close(self):
         if self._proc is not None:
@@ -196,14 +257,18 @@ def test_an_early_helper_is_kept_only_where_the_backup_would_start_one(tmp_path,
     monkeypatch.setattr(archiver_mod, "StatAhead", Tracked)
     monkeypatch.setattr(archiver_mod, "STAT_AHEAD_MIN_ENTRIES", 5)
     opts = BackupOptions()
+    start = ("start", [str(src)], 0, False, WHOLE_FILE_MAX)
     early = archiver_mod.start_stat_ahead([str(src)], opts)
     Archiver(repo, opts).backup([str(src)], early)
-    assert early.calls == [("start", [str(src)], 0, False), ("close",)]  # no parent
+    assert early.calls == [start, ("on_large", True), ("close",)]  # no parent: early reads
     early = archiver_mod.start_stat_ahead([str(src) + "/"], opts)  # the same source
     Archiver(repo, opts).backup([str(src)], early)
-    assert early.calls == [("start", [str(src)], 0, False),
+    assert early.calls == [start, ("on_large", False),
                            ("set_limit", 2 * (16 + 5) + 10_000), ("close",)]
-    assert archiver_mod.start_stat_ahead([str(src)], BackupOptions(force=True)) is None
+    monkeypatch.setattr(archiver_mod, "STAT_AHEAD_MIN_ENTRIES", 10_000)
+    early = archiver_mod.start_stat_ahead([str(src)], opts)
+    Archiver(repo, opts).backup([str(src)], early)
+    assert early.calls == [start, ("close",)]  # a small parent: none wanted, closed at once
     assert archiver_mod.start_stat_ahead([str(tmp_path / "nothing")], opts) is None
 
 
@@ -217,7 +282,8 @@ def test_an_early_helper_counts_totals_for_the_backup(tmp_path, repo, monkeypatc
         time.sleep(0.01)
     archiver = Archiver(repo, opts)
     archiver.backup([str(src)], early)
-    assert early.calls == [("start", [str(src)], 0, True), ("on_totals",), ("close",)]
+    assert early.calls == [("start", [str(src)], 0, True, WHOLE_FILE_MAX), ("on_totals",),
+                           ("on_large", True), ("close",)]
     p = archiver.progress
     assert (p.total_files, p.total_bytes, p.totals_done) == (6, 6, True)
 
