@@ -35,6 +35,18 @@ SMALL_BLOB = 64 * 1024  # blobs below this size are encoded in batches of ...
 SMALL_BATCH = 64  # ... this many blobs
 SMALL_BATCH_BYTES = 1024 * 1024  # ... or this many bytes
 
+# The open packs: tree blobs, data blobs below SMALL_BLOB (small files), other data blobs.
+# Small files' blobs stay apart from large files' chunks whatever order they come in (an
+# initial backup reads its large files beside the small ones, earlyreads.py): a restore
+# writes the packs of small blobs in a process of its own (restorechild.py), and mixed
+# packs once left 4,320 of 26k small files to its threads and 30 MB of large chunks to it.
+_SMALL_DATA = 2
+_PACK_KINDS = {BLOB_DATA: BLOB_DATA, BLOB_TREE: BLOB_TREE, _SMALL_DATA: BLOB_DATA}
+
+
+def _pack_kind(blob_type: int, raw_length: int) -> int:
+    return _SMALL_DATA if blob_type == BLOB_DATA and raw_length < SMALL_BLOB else blob_type
+
 
 def _kept_as_is(data: bytes | memoryview) -> bool:
     if isinstance(data, bytes):
@@ -73,7 +85,7 @@ class BlobSaver:
         # Pack buffers hold a full pack plus the largest chunk and the header's room, so a
         # slot never has to move.
         self._capacity = self.pack_size + repo.config.chunk_max + OVERHEAD + HEADER_ROOM
-        self._builders = {t: self._new_builder(t) for t in (BLOB_DATA, BLOB_TREE)}
+        self._builders = {k: self._new_builder(t) for k, t in _PACK_KINDS.items()}
         self._inflight: set[tuple[int, bytes]] = set()
         self._small: list = []  # small blobs waiting to be encoded as one batch
         self._small_bytes = 0
@@ -157,8 +169,9 @@ class BlobSaver:
                 # (a view of this thread's buffer, valid until its next blob: sealed below)
                 payload, comp = self.codec.compress_in_place(data)
                 stored_length = len(payload) + OVERHEAD
+                kind = _pack_kind(blob_type, len(data))
                 with self._lock:
-                    builder, full = self._builder_for(blob_type, stored_length)
+                    builder, full = self._builder_for(kind, stored_length)
                     offset = builder.reserve(blob_id, stored_length, len(data), comp)
                     builder.writers += 1
                     self.stats["blobs_added"] += 1
@@ -166,7 +179,7 @@ class BlobSaver:
                     self.stats["bytes_added_stored"] += stored_length
                     if builder.size >= self.pack_size:
                         builder.closed = True
-                        self._builders[blob_type] = self._new_builder(blob_type)
+                        self._builders[kind] = self._new_builder(blob_type)
                 if full is not None:
                     self._ship(full)
                 filled = False
@@ -194,15 +207,15 @@ class BlobSaver:
         return PackBuilder(blob_type, buf=_anonymous(max(self._capacity,
                                                          stored_length + HEADER_ROOM)))
 
-    def _builder_for(self, blob_type: int,
+    def _builder_for(self, kind: int,
                      stored_length: int) -> tuple[PackBuilder, PackBuilder | None]:
-        """(the open pack with room for the blob, a pack closed for lack of room or None).
-        Called under the lock."""
-        builder = self._builders[blob_type]
+        """(the open pack of ``kind`` (``_pack_kind``) with room for the blob, a pack closed
+        for lack of room or None). Called under the lock."""
+        builder = self._builders[kind]
         if builder.room(stored_length):
             return builder, None
         builder.closed = True
-        new = self._builders[blob_type] = self._new_builder(blob_type, stored_length)
+        new = self._builders[kind] = self._new_builder(_PACK_KINDS[kind], stored_length)
         return new, (builder if builder.writers == 0 and len(builder) else None)
 
     def _ship(self, builder: PackBuilder) -> None:
@@ -275,10 +288,10 @@ class BlobSaver:
             self._submit(batch)
         self._wait_idle()
         self._raise_error()
-        for blob_type in (BLOB_DATA, BLOB_TREE):
+        for kind, blob_type in _PACK_KINDS.items():
             with self._lock:
-                builder = self._builders[blob_type]
-                self._builders[blob_type] = self._new_builder(blob_type)
+                builder = self._builders[kind]
+                self._builders[kind] = self._new_builder(blob_type)
             if len(builder):
                 self._ship(builder)
         self._wait_idle()

@@ -115,6 +115,27 @@ def test_small_blobs_queued_in_a_batch_reach_the_index_on_flush(repo):
         assert repo.load_blob(BLOB_DATA, bid) == data
 
 
+def test_small_data_blobs_get_packs_of_their_own(repo):
+    """Blobs of small files and larger data blobs, saved interleaved (as an initial backup's
+    walker and its early reads do), end up in different packs: a restore hands the packs of
+    small blobs to a process of its own, by their blobs' average size."""
+    from collections import defaultdict
+
+    from dedupe.blobsaver import SMALL_BLOB
+
+    rng = random.Random(3)
+    with repo.new_saver() as saver:
+        for i in range(200):
+            size = rng.randrange(1, SMALL_BLOB) if i % 2 else rng.randrange(SMALL_BLOB, 300_000)
+            data = rng.randbytes(size)
+            saver.save(BLOB_DATA, repo.key.blob_id(data), data)
+        saver.flush()
+    kinds = defaultdict(set)
+    for _, loc in repo.index.iter_blobs():
+        kinds[loc.pack_id].add(loc.raw_length < SMALL_BLOB)
+    assert len(kinds) >= 2 and all(len(k) == 1 for k in kinds.values())
+
+
 def test_chunk_views_of_a_window_are_kept_only_when_large(repo):
     """The saver encodes a large chunk straight out of the chunker's window, so the window
     stays mapped until then; a small chunk may wait in a batch and is copied instead, so it

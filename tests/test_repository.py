@@ -542,12 +542,13 @@ def session_files() -> dict[bytes, bytes]:
 def second_session(path: Path, backend, expected: Expected | None = None,
                    index_batch: int = 1) -> str:
     repo = open_repo(path, backend=backend)
-    # 1 MiB blobs and 4 MiB packs: two data packs and a tree pack. index_batch=1: an index
-    # file after every pack, so crashes fall between all of them.
+    # 1 MiB blobs and 4 MiB packs: two data packs, a pack for the small file's blob (small
+    # data blobs get packs of their own) and a tree pack. index_batch=1: an index file after
+    # every pack, so crashes fall between all of them.
     return backup(repo, session_files(), expected, index_batch=index_batch, chunk=MiB)
 
 
-SESSION_PUTS = 7  # 3 packs, 3 index files, 1 snapshot
+SESSION_PUTS = 9  # 4 packs, 4 index files, 1 snapshot
 
 
 def _assert_valid_after_crash(path: Path, expected: Expected) -> None:
@@ -577,7 +578,7 @@ def test_write_order_of_a_session(repo_copy):
     second_session(path, backend, expected)
     kinds = [n.split("/")[0] for n in backend.puts]
     assert len(kinds) == SESSION_PUTS
-    assert kinds.count("data") == 3 and kinds.count("index") == 3
+    assert kinds.count("data") == 4 and kinds.count("index") == 4
     # each index file after the pack it names, the snapshot last
     assert kinds[-1] == "snapshots"
     assert all(kinds[:i].count("data") > kinds[:i].count("index")
@@ -610,7 +611,7 @@ def test_crash_between_packs_and_index(repo_copy):
     with pytest.raises(CrashAt):
         second_session(path, NoIndex(LocalBackend(str(path)), None), index_batch=64)
     garbage = {n for n in stored_files(path) if n.startswith("data/")} - before_packs
-    assert len(garbage) == 3, "the session should have written its packs before dying"
+    assert len(garbage) == 4, "the session should have written its packs before dying"
     repo = open_repo(path)
     assert not {pack_name(p.hex()) for p in repo.index.packs()} & garbage
     _assert_valid_after_crash(path, expected)
