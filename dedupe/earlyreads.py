@@ -87,7 +87,11 @@ class EarlyReads:
         """The next path to read, once the lead allows; None once closed."""
         with self._cond:
             while True:
-                while (not self._queue or len(self._started) >= MAX_LEAD) and not self._closed:
+                while not self._closed:
+                    if len(self._started) >= MAX_LEAD:
+                        self._drop_passed()
+                    if self._queue and len(self._started) < MAX_LEAD:
+                        break
                     self._cond.wait()
                 if self._closed:
                     return None
@@ -96,6 +100,13 @@ class EarlyReads:
                 # Past it, the walker reads it itself; twice reported: sources in sources.
                 if key > self._passed and path not in self._started:
                     return path
+
+    def _drop_passed(self) -> None:
+        """Forget the files read that the walker went past without taking (deleted or
+        renamed since, or in a directory it could not list): they no longer count as lead.
+        Called under the lock."""
+        for path in [p for p in self._started if walk_order(p) < self._passed]:
+            del self._started[path]
 
     def _run(self) -> None:
         while (path := self._next()) is not None:

@@ -185,6 +185,9 @@ def test_lane_runs_at_most_max_lead_files_ahead(monkeypatch):
         wait_for(lambda: lane.files_read == 3)
         time.sleep(0.05)
         assert saver.read_paths == paths[:3]
+        # The walker goes past /s/1 without taking it (gone since): no longer lead.
+        assert lane.take(b"/s/2", st_of()) is not None
+        wait_for(lambda: lane.files_read == 5)
     finally:
         lane.close()
 

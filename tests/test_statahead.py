@@ -85,7 +85,7 @@ def test_walk_reports_large_regular_files_with_one_link(tmp_path):
     assert got == []
 
 
-def test_helper_process_reports_large_files_once_told_where(tmp_path):
+def test_helper_process_reports_large_files_once_the_backup_decides(tmp_path):
     """The reports wait (in the helper's pipe) until the backup decides; then every one
     arrives, odd names included. Told None, the reader drops them."""
     src = tmp_path / "src"
