@@ -43,6 +43,9 @@ if __name__ != "__main__":  # (run as a script, the helper needs none of snap)
 
 _THREADS = 2  # measured: 1 thread 0.52 s, 2 threads 0.42 s, 8 threads 0.60 s (kernel contention)
 _REPORT_EVERY = 0.25  # seconds between totals lines
+# Large files' paths the reader keeps until the backup decides what to do with them (it knows
+# only once the parent snapshot is found); past this many it waits, and so does the walk.
+_LARGE_WAITING = 16_384
 
 Totals = Callable[[int, int, bool], None]  # (files, bytes, complete)
 Large = Callable[[bytes], None]  # the path of a large file
@@ -54,8 +57,9 @@ class StatAhead:
     ``limit``: entries to walk at most (0: none until ``set_limit``). ``count``: the helper
     counts totals, which go to the callback ``on_totals`` sets (from a reader thread).
     ``large``: the helper reports regular files larger than this (0: none) to the callback
-    ``on_large`` sets, from the reader thread, which waits for that decision (the helper's
-    pipe then fills, and its walk pauses) unless ``close`` comes first."""
+    ``on_large`` sets, from the reader thread. Until that decision the reader keeps up to
+    ``_LARGE_WAITING`` of them, then waits for it (the helper's pipe fills, and its walk
+    pauses) unless ``close`` comes first."""
 
     def __init__(self, roots: list[str], limit: int = 0, count: bool = False,
                  large: int = 0) -> None:
@@ -65,6 +69,7 @@ class StatAhead:
         self._last: tuple[int, int, bool] | None = None
         self._large: Large | None = None
         self._large_decided = threading.Event()  # on_large was called, or close
+        self._large_waiting: list[bytes] = []  # reported before the decision (reader's own)
         self._lock = threading.Lock()
         piped = count or large > 0
         self._proc = helperproc.spawn(__file__, [str(limit), "1" if count else "0", str(large),
@@ -72,9 +77,7 @@ class StatAhead:
         if self._proc is None:
             return
         if piped:
-            self._reader = threading.Thread(target=_read_reports,
-                                            args=(self._proc.stdout, self._deliver,
-                                                  self._deliver_large),
+            self._reader = threading.Thread(target=self._read, args=(self._proc.stdout,),
                                             name="snap-stat-ahead", daemon=True)
             self._reader.start()
 
@@ -101,11 +104,26 @@ class StatAhead:
         self._large = callback
         self._large_decided.set()
 
-    def _deliver_large(self, path: bytes) -> None:
-        self._large_decided.wait()
+    def _deliver_large(self, path: bytes | None) -> None:
+        """(Reader thread.) ``path``; None: the reports have ended."""
+        if not self._large_decided.is_set():
+            if path is not None and len(self._large_waiting) < _LARGE_WAITING:
+                self._large_waiting.append(path)
+                return
+            self._large_decided.wait()
+        waiting, self._large_waiting = self._large_waiting, []
         callback = self._large
         if callback is not None:
-            callback(path)
+            for p in waiting:
+                callback(p)
+            if path is not None:
+                callback(path)
+
+    def _read(self, pipe) -> None:
+        try:
+            _read_reports(pipe, self._deliver, self._deliver_large)
+        finally:
+            self._deliver_large(None)  # those kept until now, once the decision comes
 
     def set_limit(self, limit: int) -> None:
         """Stop the walk after ``limit`` entries (for a helper started before it was known)."""

@@ -86,7 +86,7 @@ def test_walk_reports_large_regular_files_with_one_link(tmp_path):
 
 
 def test_helper_process_reports_large_files_once_the_backup_decides(tmp_path):
-    """The reports wait (in the helper's pipe) until the backup decides; then every one
+    """The reports wait (kept by the reader) until the backup decides; then every one
     arrives, odd names included. Told None, the reader drops them."""
     src = tmp_path / "src"
     names = [b"plain", b"with space", b"new\nline", b"\xff\xfe-not-utf8"]
@@ -110,7 +110,26 @@ def test_helper_process_reports_large_files_once_the_backup_decides(tmp_path):
     dropped.close()  # no hang: the reader dropped the reports
 
 
-def test_helper_close_without_a_decision_does_not_hang(tmp_path):
+def test_reports_before_the_decision_do_not_pause_the_walk(tmp_path):
+    """An incremental backup decides only once its parent is found; until then the walk,
+    which warms the inode cache meanwhile, must not stop at a full pipe of reports."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(2000):  # more reports than a pipe holds
+        (src / f"f{i:04}").write_bytes(b"z" * 3)
+    ahead = statahead.StatAhead([str(src)], large=1)
+    deadline = time.monotonic() + 30
+    while ahead.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not ahead.running  # the walk ended before any decision
+    got = []
+    ahead.on_large(got.append)
+    ahead.close()
+    assert len(got) == 2000
+
+
+def test_helper_close_without_a_decision_does_not_hang(tmp_path, monkeypatch):
+    monkeypatch.setattr(statahead, "_LARGE_WAITING", 10)  # then the reader waits
     src = tmp_path / "src"
     src.mkdir()
     for i in range(2000):  # more reports than a pipe holds: the helper blocks writing
