@@ -136,6 +136,83 @@ def test_small_data_blobs_get_packs_of_their_own(repo):
     assert len(kinds) >= 2 and all(len(k) == 1 for k in kinds.values())
 
 
+def _held_encoder(repo, monkeypatch):
+    """A saver with one encoder, whose compression of the first blob waits for ``go``;
+    ``order`` lists the raw sizes of the blobs in the order the encoder compressed them."""
+    import threading
+
+    from dedupe.blobsaver import BlobSaver
+
+    go, started, order = threading.Event(), threading.Event(), []
+    real = repo.codec.compress_in_place
+
+    def compress(data):
+        order.append(len(data))
+        if len(order) == 1:
+            started.set()
+            go.wait(30)
+        return real(data)
+
+    monkeypatch.setattr(repo.codec, "compress_in_place", compress)
+    saver = BlobSaver(repo, workers=1, max_encoding=8)  # 2 slots for batches, 6 for the rest
+    return saver, go, started, order
+
+
+def test_batches_of_small_blobs_are_encoded_before_queued_large_ones(repo, monkeypatch):
+    """The walker's batches of small blobs jump the queue of large chunks (an initial
+    backup's early reads stream those in bulk): the walker is the critical path."""
+    from dedupe.blobsaver import SMALL_BATCH, SMALL_BLOB
+
+    rng = random.Random(11)
+    saver, go, started, order = _held_encoder(repo, monkeypatch)
+    with saver:
+        large = [rng.randbytes(SMALL_BLOB + i) for i in range(4)]
+        saver.save(BLOB_DATA, repo.key.blob_id(large[0]), large[0])
+        assert started.wait(30)  # the encoder holds the first; the others queue behind it
+        for data in large[1:]:
+            saver.save(BLOB_DATA, repo.key.blob_id(data), data)
+        small = [rng.randbytes(100) for _ in range(SMALL_BATCH)]  # one full batch
+        for data in small:
+            saver.save(BLOB_DATA, repo.key.blob_id(data), data)
+        go.set()
+        saver.flush()
+    assert order == [len(large[0])] + [100] * SMALL_BATCH + [len(d) for d in large[1:]]
+    for data in large + small:
+        assert repo.load_blob(BLOB_DATA, repo.key.blob_id(data)) == data
+
+
+def test_large_blobs_holding_every_slot_of_theirs_do_not_block_a_batch(repo, monkeypatch):
+    import threading
+
+    from dedupe.blobsaver import SMALL_BATCH, SMALL_BLOB
+
+    rng = random.Random(12)
+    saver, go, started, order = _held_encoder(repo, monkeypatch)
+    with saver:
+        large = [rng.randbytes(SMALL_BLOB + i) for i in range(7)]
+        for data in large[:6]:  # the 6 slots of large blobs: one encoding, five queued
+            saver.save(BLOB_DATA, repo.key.blob_id(data), data)
+        assert started.wait(30)
+        seventh = threading.Thread(
+            target=saver.save, args=(BLOB_DATA, repo.key.blob_id(large[6]), large[6]))
+        seventh.start()
+        seventh.join(0.3)
+        assert seventh.is_alive()  # no slot for a seventh large blob: it waits
+        small = [rng.randbytes(100) for _ in range(SMALL_BATCH)]
+        batch = threading.Thread(
+            target=lambda: [saver.save(BLOB_DATA, repo.key.blob_id(d), d) for d in small])
+        batch.start()
+        batch.join(30)
+        done = not batch.is_alive()
+        go.set()
+        seventh.join(30)
+        batch.join(30)
+        saver.flush()
+    assert done  # the batch had a slot of its own
+    for data in large + small:
+        assert repo.load_blob(BLOB_DATA, repo.key.blob_id(data)) == data
+
+
 def test_chunk_views_of_a_window_are_kept_only_when_large(repo):
     """The saver encodes a large chunk straight out of the chunker's window, so the window
     stays mapped until then; a small chunk may wait in a batch and is copied instead, so it
