@@ -154,7 +154,7 @@ def _held_encoder(repo, monkeypatch):
         return real(data)
 
     monkeypatch.setattr(repo.codec, "compress_in_place", compress)
-    saver = BlobSaver(repo, workers=1, max_encoding=8)  # 2 slots for batches, 6 for the rest
+    saver = BlobSaver(repo, workers=1, max_encoding=6, max_batches=2)
     return saver, go, started, order
 
 
