@@ -464,6 +464,7 @@ class Archiver:
                 self._saver = saver
                 try:
                     root = self._build(build_root, parent)
+                    self._files.drop_windows()  # (no file is read any more)
                     saver.flush()  # packs, then index: before the snapshot names them
                 finally:
                     self._saver = None

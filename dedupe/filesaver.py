@@ -178,6 +178,10 @@ class FileSaver:
             self._slots.release()
             raise
 
+    def drop_windows(self) -> None:
+        """No file is read from now on: let go of the chunker's spare windows."""
+        self._chunker.drop_spare()
+
     def stop(self) -> None:
         """Make every read in progress, on any thread, stop at its next chunk (raising
         Interrupted), and so every read until ``close``."""

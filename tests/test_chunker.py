@@ -118,6 +118,24 @@ def test_windows_are_reused_once_no_chunk_refers_to_them():
     assert len(windows) == 1, len(windows)  # 64 MiB went through 16 fills of one 4 MiB window
 
 
+def test_drop_spare_lets_the_last_windows_go():
+    """After a backup's last file, the spare window must not stay mapped while its last
+    packs are written: once no chunk refers to it, it is gone."""
+    chunker = Chunker(64 * 1024, 256 * 1024, 1024 * 1024, window=2 * 1024 * 1024)
+    windows: weakref.WeakSet = weakref.WeakSet()
+    kept = []
+    for i, chunk in enumerate(chunker.chunks(Endless(8 * 1024 * 1024))):
+        windows.add(chunk.obj)
+        if i == 0:
+            kept.append(chunk)
+        del chunk
+    assert len(windows) >= 1
+    chunker.drop_spare()
+    assert len(windows) == 1  # the one a kept chunk still views
+    del kept
+    assert len(windows) == 0
+
+
 def test_a_window_still_viewed_is_never_refilled():
     """Keep every third chunk and drop the rest: the kept ones must survive the windows that
     are reused around them, in this stream and in the next."""
