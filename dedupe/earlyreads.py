@@ -8,7 +8,10 @@ lane reads them (chunks, hashes, and hands the new blobs to the encoders) in the
 order while the walker is still among the small files, so the other core compresses
 meanwhile. When the walker meets a large file, ``take`` gives it the lane's result, or the
 lane's reading in progress, if the file's stat is still the one the lane read with; else
-None, and the walker reads the file itself as it always did.
+None, and the walker reads the file itself as it always did. A file reported but not
+started yet when the walker meets it (the walker has caught up) is claimed: the lane reads
+it next, with the walker's stat. Were the walker to read it instead, a reader thread would
+stream it beside the lane: two large files' chunker windows and chunks in memory at once.
 
 What the lane reads must be what the walker would read: ``admit`` (the archiver's) stats a
 reported path and applies the backup's excludes to it and to every directory between it and
@@ -26,6 +29,7 @@ from __future__ import annotations
 import heapq
 import os
 import threading
+from collections import deque
 from concurrent.futures import Future
 from typing import Callable
 
@@ -64,6 +68,8 @@ class EarlyReads:
         self._stop_reads = stop
         self._cond = threading.Condition()
         self._queue: list[tuple[list[bytes], bytes]] = []  # heap of (walk_order, path)
+        self._queued: set[bytes] = set()  # the paths in the heap
+        self._claimed: deque = deque()  # (path, stat, Future): read these first
         self._started: dict[bytes, tuple[os.stat_result, Future]] = {}  # not taken yet
         self._passed: list[bytes] = []  # walk_order of the walker's latest take
         self._closed = False
@@ -77,17 +83,21 @@ class EarlyReads:
                 self._cond.wait()
             if not self._closed:
                 heapq.heappush(self._queue, (walk_order(path), path))
+                self._queued.add(path)
                 self._cond.notify_all()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="snap-early-read", daemon=True)
         self._thread.start()
 
-    def _next(self) -> bytes | None:
-        """The next path to read, once the lead allows; None once closed."""
+    def _next(self) -> bytes | tuple[bytes, os.stat_result, Future] | None:
+        """The next file the walker claimed, or else the next path to read once the lead
+        allows; None once closed."""
         with self._cond:
             while True:
                 while not self._closed:
+                    if self._claimed:
+                        return self._claimed.popleft()
                     if len(self._started) >= MAX_LEAD:
                         self._drop_passed()
                     if self._queue and len(self._started) < MAX_LEAD:
@@ -96,8 +106,10 @@ class EarlyReads:
                 if self._closed:
                     return None
                 key, path = heapq.heappop(self._queue)
+                self._queued.discard(path)
                 self._cond.notify_all()  # room for offers
-                # Past it, the walker reads it itself; twice reported: sources in sources.
+                # Past it, the walker reads it itself (or claimed it); twice reported:
+                # sources in sources.
                 if key > self._passed and path not in self._started:
                     return path
 
@@ -109,7 +121,11 @@ class EarlyReads:
             del self._started[path]
 
     def _run(self) -> None:
-        while (path := self._next()) is not None:
+        while (item := self._next()) is not None:
+            if isinstance(item, tuple):  # claimed: the walker has stat-ed and admitted it
+                self._read_into(*item)
+                continue
+            path = item
             try:
                 st = self._admit(path)
             except Exception:  # (say, a path that cannot be encoded): the walker decides
@@ -117,28 +133,38 @@ class EarlyReads:
             if st is None:
                 continue
             done: Future = Future()
-            done.set_running_or_notify_cancel()
             with self._cond:
                 if self._closed or walk_order(path) <= self._passed:
                     continue
                 self._started[path] = (st, done)
-            try:
-                result = self._read(path, st)
-            except BaseException as exc:  # Interrupted, or the saver's error: for the walker
-                done.set_exception(exc)
-            else:
-                done.set_result(result)
-            self.files_read += 1
+            self._read_into(path, st, done)
+
+    def _read_into(self, path: bytes, st: os.stat_result, done: Future) -> None:
+        if not done.set_running_or_notify_cancel():
+            return
+        try:
+            result = self._read(path, st)
+        except BaseException as exc:  # Interrupted, or the saver's error: for the walker
+            done.set_exception(exc)
+        else:
+            done.set_result(result)
+        self.files_read += 1
 
     def take(self, path: bytes, st: os.stat_result) -> Future | None:
         """The lane's reading of ``path`` (done or in progress) if it read the file ``st``
-        describes; else None, and the lane will not read it (the walker does)."""
+        describes, or its coming reading if the file is reported but not started (claimed);
+        else None, and the lane will not read it (the walker does)."""
         key = walk_order(path)
         with self._cond:
             self._passed = key
             entry = self._started.pop(path, None)
             if entry is not None:
                 self._cond.notify_all()  # room in the lead
+            elif path in self._queued and self._thread is not None and not self._closed:
+                claimed: Future = Future()
+                self._claimed.append((path, st, claimed))
+                self._cond.notify_all()
+                return claimed
         if entry is None or not same_file(entry[0], st):
             return None
         return entry[1]
@@ -149,7 +175,11 @@ class EarlyReads:
         with self._cond:
             self._closed = True
             self._queue.clear()
+            self._queued.clear()
+            claimed, self._claimed = self._claimed, deque()
             self._cond.notify_all()
+        for _, _, done in claimed:  # never started: nobody may wait for them forever
+            done.cancel()
         thread, self._thread = self._thread, None
         if thread is not None:
             self._stop_reads()

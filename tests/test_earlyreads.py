@@ -115,7 +115,7 @@ def test_lane_reads_in_walk_order_and_hands_over_results():
         lane.close()
 
 
-def test_take_refuses_a_changed_file_and_the_lane_skips_what_the_walker_passed():
+def test_take_refuses_a_changed_file_or_one_never_reported():
     lane, saver = lane_with([b"/s/a", b"/s/b", b"/s/c", b"/s/d"])
     saver.hold[b"/s/a"] = threading.Event()
     lane.start()
@@ -123,15 +123,69 @@ def test_take_refuses_a_changed_file_and_the_lane_skips_what_the_walker_passed()
         wait_for(lambda: saver.read_paths == [b"/s/a"])
         held = lane.take(b"/s/a", st_of())
         assert held is not None and not held.done()  # in progress: the walker will wait
-        assert lane.take(b"/s/b", st_of()) is None  # not started: the walker reads it
+        assert lane.take(b"/s/a0", st_of()) is None  # never reported: the walker reads it
         saver.hold[b"/s/a"].set()
         assert held.result().content == [b"/s/a"]
-        wait_for(lambda: lane.files_read == 3)
-        assert saver.read_paths == [b"/s/a", b"/s/c", b"/s/d"]  # /s/b was left to the walker
+        wait_for(lambda: lane.files_read == 4)
         assert lane.take(b"/s/c", st_of(mtime=6)) is None  # changed since the lane read it
+        assert saver.read_paths == [b"/s/a", b"/s/b", b"/s/c", b"/s/d"]
         assert lane.take(b"/s/d", st_of(ino=2)) is None  # another file under that name
     finally:
         lane.close()
+
+
+def test_lane_skips_what_the_walker_passed():
+    lane, saver = lane_with([b"/s/a", b"/s/b", b"/s/c"])
+    saver.hold[b"/s/a"] = threading.Event()
+    lane.start()
+    try:
+        wait_for(lambda: saver.read_paths == [b"/s/a"])
+        lane.take(b"/s/a", st_of())
+        assert lane.take(b"/s/b1", st_of()) is None  # past /s/b, which it never took
+        saver.hold[b"/s/a"].set()
+        wait_for(lambda: lane.files_read == 2)
+        time.sleep(0.05)
+        assert saver.read_paths == [b"/s/a", b"/s/c"]
+    finally:
+        lane.close()
+
+
+def test_a_file_the_walker_meets_before_the_lane_is_read_next_with_the_walkers_stat():
+    """When the walker has caught up, the file it meets is claimed: the lane reads it next,
+    not a reader thread at the same time as the lane's own (two large files in memory)."""
+    paths = [b"/s/a", b"/s/b", b"/s/c", b"/s/d"]
+    stats = []
+    saver = FakeSaver()
+    real_read = saver.read
+    saver.read = lambda path, st: stats.append((path, st.st_ino)) or real_read(path, st)
+    lane = EarlyReads(lambda p: st_of(), saver.read, saver.stop)
+    for p in paths:
+        lane.offer(p)
+    saver.hold[b"/s/a"] = threading.Event()
+    lane.start()
+    try:
+        wait_for(lambda: saver.read_paths == [b"/s/a"])
+        first = lane.take(b"/s/a", st_of())
+        claimed = lane.take(b"/s/c", st_of(ino=7))  # /s/b passed; /s/c not started
+        assert isinstance(claimed, Future) and not claimed.done()
+        saver.hold[b"/s/a"].set()
+        assert claimed.result(10).content == [b"/s/c"]
+        assert first.result(10).content == [b"/s/a"]
+        wait_for(lambda: lane.files_read == 3)
+        assert stats == [(b"/s/a", 1), (b"/s/c", 7), (b"/s/d", 1)]  # /s/c once, the walker's
+    finally:
+        lane.close()
+
+
+def test_close_cancels_a_claim_the_lane_never_started():
+    lane, saver = lane_with([b"/s/a", b"/s/b"])
+    saver.hold[b"/s/a"] = threading.Event()  # never set: only close ends this read
+    lane.start()
+    wait_for(lambda: saver.read_paths == [b"/s/a"])
+    claimed = lane.take(b"/s/b", st_of())
+    assert claimed is not None and not claimed.done()
+    lane.close()
+    assert claimed.cancelled() and saver.read_paths == [b"/s/a"]
 
 
 def test_lane_skips_what_admit_refuses_or_fails_on():
@@ -348,3 +402,4 @@ def test_an_interrupted_backup_stops_the_lane(tmp_path, repo):
     with pytest.raises(Interrupted):
         Archiver(repo, cancelled=cancelled).backup([str(src)])
     assert not any(t.name == "snap-early-read" for t in threading.enumerate())
+
