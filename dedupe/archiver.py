@@ -28,7 +28,7 @@ from .earlyreads import EarlyReads
 from .errors import Interrupted, SourceError
 from .filesaver import WHOLE_FILE_MAX, DirReads, FileSaver, ReadSlot
 from .locks import SHARED, Lock
-from .prefetch import Prefetcher
+from .prefetch import POSITION_EVERY, Prefetcher
 from .packs import BLOB_DATA, BLOB_TREE
 from .repository import Repository, default_identity
 from .snapshot import Snapshot
@@ -165,6 +165,7 @@ class Archiver:
         self._early: EarlyReads | None = None  # large files read ahead (an initial backup)
         self._sources: list[bytes] = []
         self._dirs_admitted: dict[bytes, bool] = {}
+        self._unreported = 0  # bytes of files walked since the last position (prefetch.py)
 
     # ------------------------------------------------------------------ helpers
     def _warn(self, message: str) -> None:
@@ -387,7 +388,13 @@ class Archiver:
         if to_read:
             self._prefetch.ahead(to_read)
         reads = DirReads(self._files)
+        walking = self._prefetch.walking
         for entry, st, prev, same in chosen:
+            if walking:  # tell the helper walking ahead where the walker is
+                self._unreported += st.st_size
+                if self._unreported >= POSITION_EVERY:
+                    self._prefetch.passed(entry.path)
+                    self._unreported = 0
             if dev is None:
                 dev = os.lstat(path).st_dev if self.opts.one_file_system else 0
             node = self._entry(entry.path, entry.name, st, prev, dev, reads, same)
@@ -479,6 +486,9 @@ class Archiver:
         early = self._early
         if early is None:
             return build_root(parent.tree if parent else None)
+        # Every file is read: the prefetch helper hints the files the lane does not read
+        # by walking ahead of the walker itself (see prefetch.py).
+        self._prefetch.walk(self._sources, WHOLE_FILE_MAX)
         early.start()
         try:
             return build_root(parent.tree if parent else None)

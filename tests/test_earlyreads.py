@@ -403,3 +403,32 @@ def test_an_interrupted_backup_stops_the_lane(tmp_path, repo):
         Archiver(repo, cancelled=cancelled).backup([str(src)])
     assert not any(t.name == "snap-early-read" for t in threading.enumerate())
 
+
+def test_an_initial_backup_has_the_prefetch_helper_walk_ahead_of_the_walker(
+        tmp_path, repo, monkeypatch):
+    """Every file is read: the helper hints them walking ahead (prefetch.py), told where the
+    walker is; an incremental backup hints only the files it will read, per directory."""
+    from dedupe import prefetch
+
+    src = tmp_path / "src"
+    for d in range(4):
+        (src / f"d{d}").mkdir(parents=True)
+        for f in range(12):  # 3 MiB in all: a few positions
+            (src / f"d{d}" / f"f{f:02}").write_bytes(os.urandom(64 * 1024))
+    walks, positions = [], []
+
+    def walk_(self, roots, large, ahead=prefetch.WALK_AHEAD):
+        walks.append((list(roots), large))
+        self.walking = True  # (no helper: the walker's side alone)
+        return True
+
+    monkeypatch.setattr(prefetch.Prefetcher, "walk", walk_)
+    monkeypatch.setattr(prefetch.Prefetcher, "passed", lambda self, path: positions.append(path))
+    first = Archiver(repo).backup([str(src)]).snapshot
+    assert walks == [([os.fsencode(src)], WHOLE_FILE_MAX)]
+    assert len(positions) >= 2 and positions == sorted(positions, key=walk_order)
+    assert all(p.startswith(os.fsencode(src) + b"/") for p in positions)
+    walks.clear()
+    positions.clear()
+    second = Archiver(repo).backup([str(src)]).snapshot
+    assert second.parent == first.id and walks == [] and positions == []
