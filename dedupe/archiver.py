@@ -42,6 +42,10 @@ STAT_AHEAD_MIN_ENTRIES = 2000
 _NAME = attrgetter("name")
 
 
+class _LaneFlag(threading.local):
+    on = False  # this thread reads early: its blobs can wait (blobsaver.py's background)
+
+
 class PathMatcher(Protocol):
     def matches(self, path: bytes) -> bool: ...
 
@@ -166,6 +170,7 @@ class Archiver:
         self._sources: list[bytes] = []
         self._dirs_admitted: dict[bytes, bool] = {}
         self._unreported = 0  # bytes of files walked since the last position (prefetch.py)
+        self._lane = _LaneFlag()  # .on in the early-read lane's thread only
 
     # ------------------------------------------------------------------ helpers
     def _warn(self, message: str) -> None:
@@ -183,7 +188,7 @@ class Archiver:
                 if key not in self._dry_seen and not self.index.has(bid, blob_type):
                     self._dry_seen.add(key)
                     self._added[kind] += 1
-        elif self._saver.save(blob_type, bid, data):
+        elif self._saver.save(blob_type, bid, data, background=self._lane.on):
             with self._count_lock:
                 self._added[kind] += 1
         return bid
@@ -223,6 +228,12 @@ class Archiver:
                 return None
             parent = os.path.dirname(parent)
         return st
+
+    def _early_read(self, path: bytes, st: os.stat_result):
+        """Read a file on the lane: its new blobs are background work for the encoders
+        (blobsaver.py) until the walker gets to it."""
+        self._lane.on = True
+        return self._files.read_or_error(path, st)
 
     def _dir_excluded_by_marker(self, path: bytes) -> bool:
         markers = list(self.opts.exclude_if_present)
@@ -560,8 +571,7 @@ class Archiver:
         if parent is None or self.opts.force:  # every file is read: the large ones early
             self._sources = sorted(os.fsencode(s) for s in existing)
             self._dirs_admitted = {}
-            self._early = EarlyReads(self._early_admit, self._files.read_or_error,
-                                     self._files.stop)
+            self._early = EarlyReads(self._early_admit, self._early_read, self._files.stop)
         helper = self._helper(existing, parent, early)
         try:
             return self._run(build, existing, parent)

@@ -12,9 +12,9 @@ pack is durable its blobs join the in-memory index, and every ``index_batch`` pa
 index before snapshot, is what makes a crash at any instant harmless: a pack no index names is
 garbage for prune, never a dangling reference.
 
-Memory is bounded: at most ``max_encoding`` single large blobs and ``max_batches`` batches
-of small ones (up to ``SMALL_BATCH_BYTES`` each, encoded first) wait for or undergo
-encoding, at most ``max_uploads`` finished
+Memory is bounded: at most ``max_encoding`` jobs (one large blob, or a batch of small ones
+up to ``SMALL_BATCH_BYTES``; at most ``max_background`` of them background work) wait for or
+undergo encoding, at most ``max_uploads`` finished
 packs wait for or undergo upload, plus one open pack per blob type and one full pack whose
 last slots are being filled.
 """
@@ -59,40 +59,38 @@ def _kept_as_is(data: bytes | memoryview) -> bool:
 
 
 class _Encoders:
-    """The encoder threads. They take urgent jobs first: batches of small blobs, which the
-    walker hands over as it goes, before single large ones, which the early-read lane (or a
-    reader) streams in bulk. Else a walker's batch queued behind eight 1 MiB chunks of a
-    database dump, and the walker, which is the initial backup's critical path, waited for
-    a slot while the lane's chunks were encoded (the walker's most common wait in a cold
-    backup of the 2 GB benchmark corpus)."""
+    """The encoder threads. They take the producers' jobs before background ones: an initial
+    backup's early reads (earlyreads.py) stream large files' chunks in bulk, and the walker,
+    the backup's critical path, had waited behind them (its most common wait in a cold
+    backup of the 2 GB benchmark corpus was for a slot taken by the lane's chunks)."""
 
     def __init__(self, workers: int, run: Callable[[tuple], None]) -> None:
         self._run = run
         self._cond = threading.Condition(threading.Lock())
-        self._urgent: deque = deque()
-        self._other: deque = deque()
+        self._first: deque = deque()
+        self._background: deque = deque()
         self._closed = False
         self._threads = [threading.Thread(target=self._work, name=f"snap-encode_{i}",
                                           daemon=True) for i in range(workers)]
         for t in self._threads:
             t.start()
 
-    def submit(self, job: tuple, urgent: bool) -> None:
+    def submit(self, job: tuple, background: bool) -> None:
         with self._cond:
             if self._closed:
                 raise RuntimeError("the encoders have been shut down")
-            (self._urgent if urgent else self._other).append(job)
+            (self._background if background else self._first).append(job)
             self._cond.notify()
 
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not (self._urgent or self._other or self._closed):
+                while not (self._first or self._background or self._closed):
                     self._cond.wait()
-                if self._urgent:
-                    job = self._urgent.popleft()
-                elif self._other:
-                    job = self._other.popleft()
+                if self._first:
+                    job = self._first.popleft()
+                elif self._background:
+                    job = self._background.popleft()
                 else:
                     return  # closed, and nothing left
             self._run(job)
@@ -112,8 +110,8 @@ class BlobSaver:
         repo,  # dedupe.repository.Repository (untyped to avoid an import cycle)
         *,
         workers: int = 2,
-        max_encoding: int = 3,
-        max_batches: int = 2,
+        max_encoding: int = 5,
+        max_background: int = 3,
         max_uploads: int | None = None,
         upload_threads: int = 2,
         index_batch: int = 64,
@@ -124,12 +122,12 @@ class BlobSaver:
         self.pack_size: int = repo.config.pack_size
         self._encoders = _Encoders(workers, self._encode)
         self._upload_pool = ThreadPoolExecutor(upload_threads, thread_name_prefix="snap-upload")
-        # Batches have slots of their own, so that large blobs cannot hold them all. Large
-        # blobs pin chunker windows (16 MiB each) until encoded: 3 slots rather than 6 kept
+        # Background jobs take a slot of their own too, so that they cannot hold every
+        # slot. They pin chunker windows (16 MiB each) until encoded: 3 rather than 6 kept
         # cold backups of the 2 GB corpus at 149-150 MiB of peak RSS instead of 152-163,
         # and took no longer (3 runs each).
-        self._urgent_slots = threading.BoundedSemaphore(max_batches)
-        self._other_slots = threading.BoundedSemaphore(max_encoding)
+        self._slots = threading.BoundedSemaphore(max_encoding)
+        self._background_slots = threading.BoundedSemaphore(min(max_background, max_encoding))
         if max_uploads is None:
             # Finished packs queued or being stored. A local write takes milliseconds, and a
             # second queued pack only held 16 MiB more: 4 warm backups of the 2 GB corpus,
@@ -162,7 +160,7 @@ class BlobSaver:
             return (blob_type, blob_id) in self._inflight or self.repo.index.has(blob_id, blob_type)
 
     def save(self, blob_type: int, blob_id: bytes, data: bytes | memoryview,
-             force: bool = False) -> bool:
+             force: bool = False, background: bool = False) -> bool:
         """Queue a blob unless the repository has it already. Returns True if it was new.
 
         ``data`` may be a view of a buffer the caller reuses: it is copied only when new.
@@ -170,6 +168,8 @@ class BlobSaver:
         chunker ``Segment`` (never written while viewed; a small one is copied, as it may wait
         in a batch and would keep a whole window from being reused).
         ``force`` stores it even if the index has a copy (prune's repacking moves blobs).
+        ``background``: a large blob nobody waits for yet (an early read's), encoded after
+        the others (a small one joins the next batch, which is not background work).
         """
         self._raise_error()
         key = (blob_type, blob_id)
@@ -194,9 +194,9 @@ class BlobSaver:
                 if len(self._small) < SMALL_BATCH and self._small_bytes < SMALL_BATCH_BYTES:
                     return True
                 batch, self._small, self._small_bytes = self._small, [], 0
-            self._submit(batch, True)
+            self._submit(batch)
         else:
-            self._submit([(blob_type, blob_id, data)], False)
+            self._submit([(blob_type, blob_id, data)], background)
         return True
 
     # -- workers
@@ -211,19 +211,26 @@ class BlobSaver:
             if self._error is None:
                 self._error = exc
 
-    def _submit(self, batch: list, urgent: bool) -> None:
-        """Queue an encoder job (blocks while its kind of slots are taken); ``urgent``: a
-        batch of small blobs."""
-        slots = self._urgent_slots if urgent else self._other_slots
-        slots.acquire()
+    def _submit(self, batch: list, background: bool = False) -> None:
+        """Queue an encoder job; blocks while the slots (for ``background`` work: its own
+        slots too) are taken."""
+        slots = (self._background_slots, self._slots) if background else (self._slots,)
+        for taken, sem in enumerate(slots):
+            try:
+                sem.acquire()
+            except BaseException:
+                for held in slots[:taken]:
+                    held.release()
+                raise
         try:
-            self._encoders.submit((batch, slots), urgent)
+            self._encoders.submit((batch, slots), background)
         except BaseException:
-            slots.release()
+            for sem in slots:
+                sem.release()
             self._done(len(batch))
             raise
 
-    def _encode(self, job: tuple[list, threading.BoundedSemaphore]) -> None:
+    def _encode(self, job: tuple[list, tuple]) -> None:
         batch, slots = job
         try:
             for blob_type, blob_id, data in batch:
@@ -257,7 +264,8 @@ class BlobSaver:
         except BaseException as exc:  # surfaced to the producer by _raise_error/flush
             self._fail(exc)
         finally:
-            slots.release()
+            for sem in slots:
+                sem.release()
             self._done(len(batch))
 
     def _new_builder(self, blob_type: int, stored_length: int = 0) -> PackBuilder:
@@ -346,7 +354,7 @@ class BlobSaver:
         with self._lock:
             batch, self._small, self._small_bytes = self._small, [], 0
         if batch:
-            self._submit(batch, True)
+            self._submit(batch)
         self._wait_idle()
         self._raise_error()
         for kind, blob_type in _PACK_KINDS.items():

@@ -432,3 +432,26 @@ def test_an_initial_backup_has_the_prefetch_helper_walk_ahead_of_the_walker(
     positions.clear()
     second = Archiver(repo).backup([str(src)]).snapshot
     assert second.parent == first.id and walks == [] and positions == []
+
+
+def test_the_lanes_blobs_are_background_work_for_the_encoders(tmp_path, repo, lane_reads,
+                                                             monkeypatch):
+    from dedupe.blobsaver import BlobSaver
+
+    src = tmp_path / "src"
+    big(src / "a" / "big", 1)
+    (src / "b").mkdir()
+    (src / "b" / "small").write_bytes(os.urandom(100 * 1024))  # one blob, read by the walker
+    walker_waits_for_the_lane(monkeypatch, lane_reads, [src / "a" / "big"])
+    saves = []
+    real_save = BlobSaver.save
+
+    def recording(self, blob_type, blob_id, data, force=False, background=False):
+        saves.append((threading.current_thread().name, blob_type, background))
+        return real_save(self, blob_type, blob_id, data, force, background)
+
+    monkeypatch.setattr(BlobSaver, "save", recording)
+    Archiver(repo).backup([str(src)])
+    lane = {b for name, _, b in saves if name == "snap-early-read"}
+    others = {b for name, _, b in saves if name != "snap-early-read"}
+    assert lane == {True} and others == {False}

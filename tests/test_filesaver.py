@@ -137,8 +137,9 @@ def test_small_data_blobs_get_packs_of_their_own(repo):
 
 
 def _held_encoder(repo, monkeypatch):
-    """A saver with one encoder, whose compression of the first blob waits for ``go``;
-    ``order`` lists the raw sizes of the blobs in the order the encoder compressed them."""
+    """A saver with one encoder, 5 slots, 3 of them for background work, whose compression
+    of the first blob waits for ``go``; ``order`` lists the raw sizes of the blobs in the
+    order the encoder compressed them."""
     import threading
 
     from dedupe.blobsaver import BlobSaver
@@ -154,62 +155,72 @@ def _held_encoder(repo, monkeypatch):
         return real(data)
 
     monkeypatch.setattr(repo.codec, "compress_in_place", compress)
-    saver = BlobSaver(repo, workers=1, max_encoding=6, max_batches=2)
+    saver = BlobSaver(repo, workers=1, max_encoding=5, max_background=3)
     return saver, go, started, order
 
 
-def test_batches_of_small_blobs_are_encoded_before_queued_large_ones(repo, monkeypatch):
-    """The walker's batches of small blobs jump the queue of large chunks (an initial
-    backup's early reads stream those in bulk): the walker is the critical path."""
+def test_background_blobs_are_encoded_after_the_others(repo, monkeypatch):
+    """The early reads' chunks (background) wait for the walker's batches and blobs, which
+    are queued later: the walker is the critical path."""
     from dedupe.blobsaver import SMALL_BATCH, SMALL_BLOB
 
     rng = random.Random(11)
     saver, go, started, order = _held_encoder(repo, monkeypatch)
     with saver:
-        large = [rng.randbytes(SMALL_BLOB + i) for i in range(4)]
-        saver.save(BLOB_DATA, repo.key.blob_id(large[0]), large[0])
-        assert started.wait(30)  # the encoder holds the first; the others queue behind it
-        for data in large[1:]:
-            saver.save(BLOB_DATA, repo.key.blob_id(data), data)
+        early = [rng.randbytes(SMALL_BLOB + i) for i in range(3)]
+        for data in early:  # the encoder holds the first; the others queue behind it
+            saver.save(BLOB_DATA, repo.key.blob_id(data), data, background=True)
+        assert started.wait(30)
+        walkers = rng.randbytes(SMALL_BLOB + 100)
+        saver.save(BLOB_DATA, repo.key.blob_id(walkers), walkers)
         small = [rng.randbytes(100) for _ in range(SMALL_BATCH)]  # one full batch
         for data in small:
-            saver.save(BLOB_DATA, repo.key.blob_id(data), data)
+            saver.save(BLOB_DATA, repo.key.blob_id(data), data, background=True)
         go.set()
         saver.flush()
-    assert order == [len(large[0])] + [100] * SMALL_BATCH + [len(d) for d in large[1:]]
-    for data in large + small:
+    assert order == ([len(early[0]), len(walkers)] + [100] * SMALL_BATCH
+                     + [len(d) for d in early[1:]])
+    for data in early + small + [walkers]:
         assert repo.load_blob(BLOB_DATA, repo.key.blob_id(data)) == data
 
 
-def test_large_blobs_holding_every_slot_of_theirs_do_not_block_a_batch(repo, monkeypatch):
+def test_background_work_holding_all_its_slots_leaves_the_rest_free(repo, monkeypatch):
     import threading
 
     from dedupe.blobsaver import SMALL_BATCH, SMALL_BLOB
 
     rng = random.Random(12)
     saver, go, started, order = _held_encoder(repo, monkeypatch)
+
+    def save(data, background=False):
+        saver.save(BLOB_DATA, repo.key.blob_id(data), data, background=background)
+
+    def in_thread(fn, *args):
+        t = threading.Thread(target=fn, args=args)
+        t.start()
+        t.join(0.3)
+        return t
+
     with saver:
-        large = [rng.randbytes(SMALL_BLOB + i) for i in range(7)]
-        for data in large[:6]:  # the 6 slots of large blobs: one encoding, five queued
-            saver.save(BLOB_DATA, repo.key.blob_id(data), data)
+        early = [rng.randbytes(SMALL_BLOB + i) for i in range(4)]
+        for data in early[:3]:  # the 3 background slots: one encoding, two queued
+            save(data, True)
         assert started.wait(30)
-        seventh = threading.Thread(
-            target=saver.save, args=(BLOB_DATA, repo.key.blob_id(large[6]), large[6]))
-        seventh.start()
-        seventh.join(0.3)
-        assert seventh.is_alive()  # no slot for a seventh large blob: it waits
+        fourth = in_thread(save, early[3], True)
+        assert fourth.is_alive()  # no background slot left: it waits
         small = [rng.randbytes(100) for _ in range(SMALL_BATCH)]
-        batch = threading.Thread(
-            target=lambda: [saver.save(BLOB_DATA, repo.key.blob_id(d), d) for d in small])
-        batch.start()
-        batch.join(30)
-        done = not batch.is_alive()
+        walkers = [rng.randbytes(SMALL_BLOB + 10)]
+        others = in_thread(lambda: [save(d) for d in small + walkers])
+        others.join(30)
+        done = not others.is_alive()  # a batch and a large blob: the other 2 slots
+        third = in_thread(save, rng.randbytes(SMALL_BLOB + 99))
+        full = third.is_alive()  # now every slot is taken
         go.set()
-        seventh.join(30)
-        batch.join(30)
+        for t in (fourth, others, third):
+            t.join(30)
         saver.flush()
-    assert done  # the batch had a slot of its own
-    for data in large + small:
+    assert done and full
+    for data in early + small + walkers:
         assert repo.load_blob(BLOB_DATA, repo.key.blob_id(data)) == data
 
 
