@@ -123,9 +123,9 @@ class BlobSaver:
         self._encoders = _Encoders(workers, self._encode)
         self._upload_pool = ThreadPoolExecutor(upload_threads, thread_name_prefix="snap-upload")
         # Background jobs take a slot of their own too, so that they cannot hold every
-        # slot. They pin chunker windows (16 MiB each) until encoded: 3 rather than 6 kept
-        # cold backups of the 2 GB corpus at 149-150 MiB of peak RSS instead of 152-163,
-        # and took no longer (3 runs each).
+        # slot. They pin chunker windows (16 MiB each) until encoded: with 3 such slots
+        # rather than 6, cold backups of the 2 GB corpus peaked at 149-150 MiB of RSS
+        # instead of 152-163, and took no longer (3 runs each).
         self._slots = threading.BoundedSemaphore(max_encoding)
         self._background_slots = threading.BoundedSemaphore(min(max_background, max_encoding))
         if max_uploads is None:
