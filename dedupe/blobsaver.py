@@ -94,6 +94,7 @@ class _Encoders:
                 else:
                     return  # closed, and nothing left
             self._run(job)
+            del job  # its blobs may be views of a chunker window: let the window be reused
 
     def shutdown(self) -> None:
         """Finish the queued jobs, then end the threads."""
@@ -123,7 +124,7 @@ class BlobSaver:
         self._encoders = _Encoders(workers, self._encode)
         self._upload_pool = ThreadPoolExecutor(upload_threads, thread_name_prefix="snap-upload")
         # Background jobs take a slot of their own too, so that they cannot hold every
-        # slot. They pin chunker windows (16 MiB each) until encoded: with 3 such slots
+        # slot. They pin chunker windows (12 MiB each) until encoded: with 3 such slots
         # rather than 6, cold backups of the 2 GB corpus peaked at 149-150 MiB of RSS
         # instead of 152-163, and took no longer (3 runs each).
         self._slots = threading.BoundedSemaphore(max_encoding)

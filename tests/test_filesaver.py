@@ -254,6 +254,26 @@ def test_chunk_views_of_a_window_are_kept_only_when_large(repo):
     assert repo.load_blob(BLOB_DATA, repo.key.blob_id(large)) == large
 
 
+def test_an_encoded_chunk_does_not_keep_its_window_mapped(repo):
+    """Once encoded, a chunk's view is let go at once, not when its encoder thread gets its
+    next job: else the chunker finds its windows still in use and maps fresh ones."""
+    import weakref
+
+    from dedupe import blobsaver
+    from dedupe.chunker import Segment, anonymous
+
+    large = random.Random(6).randbytes(blobsaver.SMALL_BLOB + 1)
+    with repo.new_saver() as saver:
+        window = anonymous(len(large), Segment)
+        window[:] = large
+        alive = weakref.ref(window)
+        view = memoryview(window).toreadonly()
+        assert saver.save(BLOB_DATA, repo.key.blob_id(view), view)
+        del view, window
+        saver.flush()
+        assert alive() is None
+
+
 def test_a_local_backup_queues_one_finished_pack_a_remote_one_two(repo):
     from dedupe.blobsaver import BlobSaver
 
