@@ -7,7 +7,13 @@ a chunk that ends before the window's data does, or is ``max_size`` long, is the
 whole-file run would find. Only the last chunk of a window can have been cut short by the
 window's end: it is carried into the next window and cut again, and the result is identical
 to chunking the file in one piece. (Carrying ``max_size`` bytes instead, as this module once
-did, copied and re-scanned half of every 16 MiB window.)
+did, copied and re-scanned half of every 16 MiB window.) So a window needs only be longer
+than ``max_size``; at 1.5 times that, each refill brings at least half a maximal chunk.
+Windows are 12 MiB by default, not 16 MiB as they once were: two of them are alive while a
+large file is read, one filling and one whose chunks wait for the encoders. In 3 sets of
+4-5 alternating cold backups of the 2 GB benchmark corpus, the median peak RSS went from
+155.7, 152.2 and 153.8 MiB to 146.0, 147.5 and 152.1 MiB; the time stayed within the noise
+(medians 9.11/9.07, 9.54/9.98 and 9.28/9.04 s).
 
 Every window is an anonymous mapping (a ``Segment``) that is never written again while a view
 of it is held, so a consumer may keep a chunk as a view instead of copying it: the
@@ -29,7 +35,7 @@ from typing import BinaryIO, Iterator
 
 from fastcdc.fastcdc_cy import fastcdc_cy
 
-DEFAULT_WINDOW = 16 * 1024 * 1024
+DEFAULT_WINDOW = 12 * 1024 * 1024
 _HUGE = 2 * 1024 * 1024
 _MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", None)
 _SPARE_WINDOWS = 1  # windows kept for reuse
@@ -69,7 +75,7 @@ class Chunker:
     def __init__(self, min_size: int, avg_size: int, max_size: int,
                  window: int = DEFAULT_WINDOW) -> None:
         self.min_size, self.avg_size, self.max_size = min_size, avg_size, max_size
-        self.window = max(window, 2 * max_size)
+        self.window = max(window, max_size + max_size // 2)
         self._spare: list[Segment] = []  # windows done with; some still viewed by consumers
         self._lock = threading.Lock()
 

@@ -56,7 +56,7 @@ streams = st.lists(pieces, max_size=12).map(b"".join)
 
 
 @settings(max_examples=200, deadline=None)
-@given(streams, st.integers(2 * MAX, 6 * MAX), st.lists(st.integers(1, 5000), max_size=5),
+@given(streams, st.integers(MAX + MAX // 2, 6 * MAX), st.lists(st.integers(1, 5000), max_size=5),
        st.data())
 def test_stream_cuts_equal_whole_file_cuts(data, window, sizes, draw):
     first = draw.draw(st.integers(0, min(len(data), 100)))
