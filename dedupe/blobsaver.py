@@ -111,7 +111,7 @@ class BlobSaver:
         repo,  # dedupe.repository.Repository (untyped to avoid an import cycle)
         *,
         workers: int = 2,
-        max_encoding: int = 5,
+        max_encoding: int = 8,
         max_background: int = 3,
         max_uploads: int | None = None,
         upload_threads: int = 2,
