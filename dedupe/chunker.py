@@ -98,7 +98,7 @@ class Chunker:
 
     def drop_spare(self) -> None:
         """Forget the windows kept for reuse (each is unmapped once no view of it is left),
-        when no stream follows: 16-32 MiB less while a backup writes its last packs."""
+        when no stream follows: 12-24 MiB less while a backup writes its last packs."""
         with self._lock:
             self._spare.clear()
 

@@ -34,6 +34,7 @@ from concurrent.futures import Future
 from typing import Callable
 
 from .filesaver import FileContent
+from .prefetch import walk_order
 
 MAX_QUEUED = 1024  # reported paths waiting for the lane
 MAX_LEAD = 256  # files read (or being read) that the walker has not taken yet
@@ -42,12 +43,6 @@ MAX_LEAD = 256  # files read (or being read) that the walker has not taken yet
 Admit = Callable[[bytes], "os.stat_result | None"]
 #: reads a file (FileSaver.read_or_error); raises Interrupted when stopped
 Read = Callable[[bytes, os.stat_result], "FileContent | OSError"]
-
-
-def walk_order(path: bytes) -> list[bytes]:
-    """A key that sorts paths in the order the walker meets them: depth first, the entries
-    of a directory by name (bytes), so a directory's path comes before its contents'."""
-    return path.split(b"/")
 
 
 def same_file(a: os.stat_result, b: os.stat_result) -> bool:

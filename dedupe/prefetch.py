@@ -182,8 +182,10 @@ def serve(fd: int, threads: int = _THREADS, wait: bool = False) -> None:
             t.join()
 
 
-def _order(path: bytes) -> list[bytes]:
-    """earlyreads.walk_order (this script imports nothing of snap's): the walker's order."""
+def walk_order(path: bytes) -> list[bytes]:
+    """A key that sorts paths in the order the walker meets them: depth first, the entries
+    of a directory by name (bytes), so a directory's path comes before its contents'. (Here,
+    not in earlyreads.py, which uses it too: this module runs as a script.)"""
     return path.split(b"/")
 
 
@@ -199,7 +201,7 @@ class WalkLead:
         self._closed = False
 
     def passed(self, path: bytes) -> None:
-        key = _order(path)
+        key = walk_order(path)
         with self._cond:
             if key <= self._position:
                 return
@@ -216,7 +218,7 @@ class WalkLead:
     def _hint(self, path: bytes, size: int) -> bool:
         """Hint one file once there is room (unless the walker is past it); False once
         closed."""
-        key = _order(path)
+        key = walk_order(path)
         with self._cond:
             while self._bytes and self._bytes + size > self.ahead and not self._closed:
                 self._cond.wait()
@@ -235,7 +237,7 @@ class WalkLead:
         one); return when all are hinted or on ``close``. A root inside another is walked
         once."""
         done: list[bytes] = []
-        for root in sorted(set(roots), key=_order):
+        for root in sorted(set(roots), key=walk_order):
             if any(r == b"/" or root.startswith(r + b"/") for r in done):
                 continue
             done.append(root)
@@ -251,7 +253,7 @@ class WalkLead:
                     return
 
     def _walk_dir(self, path: bytes, dev: int, large: int) -> bool:
-        key, position = _order(path), self._position
+        key, position = walk_order(path), self._position
         if key < position and position[:len(key)] != key:
             return True  # the walker is past all of it
         try:

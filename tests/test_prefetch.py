@@ -158,7 +158,7 @@ def _wait(condition, seconds=10):
 
 
 def test_walk_hints_small_files_in_the_walkers_order_within_its_lead(tmp_path, monkeypatch):
-    from dedupe.earlyreads import walk_order
+    from dedupe.prefetch import walk_order
 
     files = _tree(tmp_path, {"a-b/f": 100, "a/z": 100, "a/b/y": 100, "a/big": 5000,
                              "a/empty": 0, "b/x": 100, "c": 100})
