@@ -224,31 +224,33 @@ def test_background_work_holding_all_its_slots_leaves_the_rest_free(repo, monkey
         assert repo.load_blob(BLOB_DATA, repo.key.blob_id(data)) == data
 
 
+def _save_from_window(repo, saver, data: bytes):
+    """Save ``data`` as a view of a chunker window of its own, which only the saver may then
+    hold; returns a weak reference to the window."""
+    import weakref
+
+    from dedupe.chunker import Segment, anonymous
+
+    window = anonymous(len(data), Segment)
+    window[:] = data
+    alive = weakref.ref(window)
+    view = memoryview(window).toreadonly()
+    assert saver.save(BLOB_DATA, repo.key.blob_id(view), view)
+    return alive
+
+
 def test_chunk_views_of_a_window_are_kept_only_when_large(repo):
     """The saver encodes a large chunk straight out of the chunker's window, so the window
     stays mapped until then; a small chunk may wait in a batch and is copied instead, so it
     does not pin a whole window."""
-    import weakref
-
     from dedupe import blobsaver
-    from dedupe.chunker import Segment, anonymous
 
     rng = random.Random(5)
     small, large = rng.randbytes(1000), rng.randbytes(blobsaver.SMALL_BLOB + 1)
     with repo.new_saver() as saver:
-        window = anonymous(len(small), Segment)
-        window[:] = small
-        alive = weakref.ref(window)
-        view = memoryview(window).toreadonly()
-        assert saver.save(BLOB_DATA, repo.key.blob_id(view), view)
-        del view, window
+        alive = _save_from_window(repo, saver, small)
         assert alive() is None  # copied: the batch does not hold the window
-
-        window = anonymous(len(large), Segment)
-        window[:] = large
-        view = memoryview(window).toreadonly()
-        assert saver.save(BLOB_DATA, repo.key.blob_id(view), view)
-        del view, window
+        _save_from_window(repo, saver, large)
         saver.flush()
     assert repo.load_blob(BLOB_DATA, repo.key.blob_id(small)) == small
     assert repo.load_blob(BLOB_DATA, repo.key.blob_id(large)) == large
@@ -257,19 +259,11 @@ def test_chunk_views_of_a_window_are_kept_only_when_large(repo):
 def test_an_encoded_chunk_does_not_keep_its_window_mapped(repo):
     """Once encoded, a chunk's view is let go at once, not when its encoder thread gets its
     next job: else the chunker finds its windows still in use and maps fresh ones."""
-    import weakref
-
     from dedupe import blobsaver
-    from dedupe.chunker import Segment, anonymous
 
     large = random.Random(6).randbytes(blobsaver.SMALL_BLOB + 1)
     with repo.new_saver() as saver:
-        window = anonymous(len(large), Segment)
-        window[:] = large
-        alive = weakref.ref(window)
-        view = memoryview(window).toreadonly()
-        assert saver.save(BLOB_DATA, repo.key.blob_id(view), view)
-        del view, window
+        alive = _save_from_window(repo, saver, large)
         saver.flush()
         assert alive() is None
 
