@@ -22,11 +22,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import attrgetter
-from typing import Any, BinaryIO, Callable, Protocol
+from typing import Any, BinaryIO, Callable
 
-from .earlyreads import EarlyReads
+from .earlyreads import Admission, EarlyReads, on_lane
 from .errors import Interrupted, SourceError
+from .exclusions import Exclusions
 from .filesaver import WHOLE_FILE_MAX, DirReads, FileSaver, ReadSlot
+from .filters import PathMatcher
 from .locks import SHARED, Lock
 from .prefetch import POSITION_EVERY, Prefetcher
 from .packs import BLOB_DATA, BLOB_TREE
@@ -35,19 +37,10 @@ from .snapshot import Snapshot
 from .statahead import StatAhead
 from .tree import Node, decode_tree, encode_tree, node_from_stat, node_type, read_xattrs
 
-CACHEDIR_TAG = (b"CACHEDIR.TAG", b"Signature: 8a477f597d28d172789f06886806bc55")
 # Stat-ahead (statahead.py) pays for its process start (~15 ms of the other core) only when
 # the parent snapshot had about this many entries or more.
 STAT_AHEAD_MIN_ENTRIES = 2000
 _NAME = attrgetter("name")
-
-
-class _LaneFlag(threading.local):
-    on = False  # this thread reads early: its blobs can wait (blobsaver.py's background)
-
-
-class PathMatcher(Protocol):
-    def matches(self, path: bytes) -> bool: ...
 
 
 @dataclass
@@ -166,11 +159,12 @@ class Archiver:
         self._saver = None
         self._added = {"data_blobs": 0, "tree_blobs": 0}
         self._root_devs: set[int] = set()
+        o = self.opts
+        self._exclusions = Exclusions(o.excludes, larger_than=o.exclude_larger_than,
+                                      if_present=o.exclude_if_present, caches=o.exclude_caches)
         self._early: EarlyReads | None = None  # large files read ahead (an initial backup)
         self._sources: list[bytes] = []
-        self._dirs_admitted: dict[bytes, bool] = {}
         self._unreported = 0  # bytes of files walked since the last position (prefetch.py)
-        self._lane = _LaneFlag()  # .on in the early-read lane's thread only
 
     # ------------------------------------------------------------------ helpers
     def _warn(self, message: str) -> None:
@@ -188,65 +182,10 @@ class Archiver:
                 if key not in self._dry_seen and not self.index.has(bid, blob_type):
                     self._dry_seen.add(key)
                     self._added[kind] += 1
-        elif self._saver.save(blob_type, bid, data, background=self._lane.on):
+        elif self._saver.save(blob_type, bid, data, background=on_lane()):
             with self._count_lock:
                 self._added[kind] += 1
         return bid
-
-    def _excluded(self, path: bytes, st: os.stat_result | None) -> bool:
-        for m in self.opts.excludes:
-            if m.matches(path):
-                return True
-        if st is not None and self.opts.exclude_larger_than is not None:
-            if stat.S_ISREG(st.st_mode) and st.st_size > self.opts.exclude_larger_than:
-                return True
-        return False
-
-    def _early_admit(self, path: bytes) -> os.stat_result | None:
-        """The stat of a file the helper reported as large if the walker will read it, for
-        the early reads: a regular file with one link, larger than WHOLE_FILE_MAX, below a
-        source, and neither it nor a directory between them excluded. (Runs on the lane.)"""
-        try:
-            st = os.lstat(path)
-        except OSError:
-            return None
-        if (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size <= WHOLE_FILE_MAX
-                or self._excluded(path, st)):
-            return None
-        # The walker's root is the outermost source: sources inside sources are walked once.
-        root = next((r for r in self._sources if r == b"/" or path.startswith(r + b"/")), None)
-        if root is None:
-            return None
-        parent = os.path.dirname(path)
-        while len(parent) > len(root):
-            admitted = self._dirs_admitted.get(parent)
-            if admitted is None:  # as the walker decides for a directory it lists
-                admitted = not (self._excluded(parent, None)
-                                or self._dir_excluded_by_marker(parent))
-                self._dirs_admitted[parent] = admitted
-            if not admitted:
-                return None
-            parent = os.path.dirname(parent)
-        return st
-
-    def _early_read(self, path: bytes, st: os.stat_result):
-        """Read a file on the lane: its new blobs are background work for the encoders
-        (blobsaver.py) until the walker gets to it."""
-        self._lane.on = True
-        return self._files.read_or_error(path, st)
-
-    def _dir_excluded_by_marker(self, path: bytes) -> bool:
-        markers = list(self.opts.exclude_if_present)
-        if self.opts.exclude_caches:
-            markers.append(CACHEDIR_TAG)
-        for name, header in markers:
-            try:
-                with open(os.path.join(path, name), "rb") as f:
-                    if header is None or f.read(len(header)) == header:
-                        return True
-            except OSError:
-                continue
-        return False
 
     def _load_parent_tree(self, tree_id: bytes | None) -> dict[bytes, Node]:
         if tree_id is None:
@@ -385,7 +324,7 @@ class Archiver:
             except OSError as exc:
                 self._warn(f"{_fs(child)}: cannot stat: {exc.strerror}")
                 continue
-            if self._excluded(child, st):
+            if self._exclusions.entry(child, st):
                 continue
             prev = prev_nodes.get(entry.name)
             same = False
@@ -393,7 +332,7 @@ class Archiver:
                 same = self._same_metadata(st, prev)
                 if not same and st.st_size:
                     to_read.append((child, st.st_size))
-            elif stat.S_ISDIR(st.st_mode) and self._dir_excluded_by_marker(child):
+            elif stat.S_ISDIR(st.st_mode) and self._exclusions.marked(child):
                 continue
             chosen.append((entry, st, prev, same))
         if to_read:
@@ -570,8 +509,8 @@ class Archiver:
         self._early = None
         if parent is None or self.opts.force:  # every file is read: the large ones early
             self._sources = sorted(os.fsencode(s) for s in existing)
-            self._dirs_admitted = {}
-            self._early = EarlyReads(self._early_admit, self._early_read, self._files.stop)
+            self._early = EarlyReads(Admission(self._exclusions, self._sources),
+                                     self._files.read_or_error, self._files.stop)
         helper = self._helper(existing, parent, early)
         try:
             return self._run(build, existing, parent)

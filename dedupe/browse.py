@@ -10,15 +10,14 @@ import os
 import posixpath
 from typing import Iterable, Iterator, Protocol
 
+from . import filters
 from .errors import PathNotFound
 from .tree import Node
 from .walker import find_node, walk
 
 
-class PathMatcher(Protocol):
+class PathMatcher(filters.PathMatcher, Protocol):
     """What ``find`` needs of a pattern list (``dedupe.filters.PatternList`` fits)."""
-
-    def matches(self, path: bytes) -> bool: ...
 
     def child_may_match(self, dir_path: bytes) -> bool: ...
 

@@ -13,10 +13,13 @@ started yet when the walker meets it (the walker has caught up) is claimed: the 
 it next, with the walker's stat. Were the walker to read it instead, a reader thread would
 stream it beside the lane: two large files' chunker windows and chunks in memory at once.
 
-What the lane reads must be what the walker would read: ``admit`` (the archiver's) stats a
-reported path and applies the backup's excludes to it and to every directory between it and
-its source. A file the walker then never takes (deleted, renamed or changed in between)
+What the lane reads must be what the walker would read: ``Admission`` stats a reported path
+and applies the backup's exclusions (exclusions.py) to it and to every directory between it
+and its source. A file the walker then never takes (deleted, renamed or changed in between)
 cost a read whose blobs nothing references until prune removes them.
+
+The lane's blobs are background work for the encoders (blobsaver.py) until the walker gets
+to them: the archiver asks ``on_lane`` which thread saves a blob.
 
 Bounds: the lane reads one file at a time (files larger than ``WHOLE_FILE_MAX`` stream through
 the chunker's windows one at a time anyway, see filesaver.py), holds at most ``MAX_QUEUED``
@@ -28,21 +31,71 @@ from __future__ import annotations
 
 import heapq
 import os
+import stat
 import threading
 from collections import deque
 from concurrent.futures import Future
 from typing import Callable
 
-from .filesaver import FileContent
+from .exclusions import Exclusions
+from .filesaver import WHOLE_FILE_MAX, FileContent
 from .prefetch import walk_order
 
 MAX_QUEUED = 1024  # reported paths waiting for the lane
 MAX_LEAD = 256  # files read (or being read) that the walker has not taken yet
 
-#: stats a reported path: its stat if the walker will read this file, else None
+#: stats a reported path: its stat if the walker will read this file, else None (Admission)
 Admit = Callable[[bytes], "os.stat_result | None"]
 #: reads a file (FileSaver.read_or_error); raises Interrupted when stopped
 Read = Callable[[bytes, os.stat_result], "FileContent | OSError"]
+
+
+class _Lane(threading.local):
+    on = False  # this thread is a lane
+
+
+_LANE = _Lane()
+
+
+def on_lane() -> bool:
+    """The calling thread is an early-read lane's."""
+    return _LANE.on
+
+
+class Admission:
+    """``admit`` for a backup of ``sources`` (absolute, as bytes) under ``exclusions``: the
+    stat of a reported file if the walker will read it, and find it large: a regular file
+    with one link, larger than WHOLE_FILE_MAX, below a source, and neither it nor a
+    directory between them excluded. For the lane's thread (it remembers directories)."""
+
+    def __init__(self, exclusions: Exclusions, sources: list[bytes]) -> None:
+        self.exclusions = exclusions
+        self.sources = sorted(sources)
+        self._dirs: dict[bytes, bool] = {}  # directory -> the walker enters it
+
+    def __call__(self, path: bytes) -> os.stat_result | None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        if (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size <= WHOLE_FILE_MAX
+                or self.exclusions.entry(path, st)):
+            return None
+        # The walker's root is the outermost source: sources inside sources are walked once.
+        root = next((r for r in self.sources if r == b"/" or path.startswith(r + b"/")), None)
+        if root is None:
+            return None
+        parent = os.path.dirname(path)
+        while len(parent) > len(root):
+            entered = self._dirs.get(parent)
+            if entered is None:  # as the walker decides for a directory it lists
+                entered = not (self.exclusions.entry(parent, None)
+                               or self.exclusions.marked(parent))
+                self._dirs[parent] = entered
+            if not entered:
+                return None
+            parent = os.path.dirname(parent)
+        return st
 
 
 def same_file(a: os.stat_result, b: os.stat_result) -> bool:
@@ -116,6 +169,7 @@ class EarlyReads:
             del self._started[path]
 
     def _run(self) -> None:
+        _LANE.on = True
         while (item := self._next()) is not None:
             if isinstance(item, tuple):  # claimed: the walker has stat-ed and admitted it
                 self._read_into(*item)

@@ -46,7 +46,7 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Callable, Iterable
-from typing import AnyStr
+from typing import AnyStr, Protocol
 
 __all__ = [
     "PatternList",
@@ -332,6 +332,13 @@ def validate_pattern(pattern: PathArg) -> None:
     text = _text(pattern)
     if text:
         _Pattern(text, False, True)
+
+
+class PathMatcher(Protocol):
+    """What a backup's excludes, a restore's includes and excludes and ``find`` need of a
+    pattern list (``PatternList`` and ``PatternGroup`` fit)."""
+
+    def matches(self, path: bytes) -> bool: ...
 
 
 class PatternList:

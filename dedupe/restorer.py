@@ -22,10 +22,11 @@ import stat
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Protocol
+from typing import Callable, NamedTuple
 
 from . import restorechild
 from .errors import IntegrityError
+from .filters import PathMatcher
 from .index import BlobLocation
 from .packs import BLOB_DATA
 from .restorefill import CREATE, PackFiller
@@ -34,10 +35,6 @@ from .walker import find_node, walk
 
 OVERWRITE_MODES = ("always", "if-changed", "if-newer", "never")
 _ZERO_BLOCK = bytes(1024 * 1024)
-
-
-class PathMatcher(Protocol):
-    def matches(self, path: bytes) -> bool: ...
 
 
 @dataclass

@@ -18,8 +18,9 @@ from dedupe import earlyreads
 from dedupe.archiver import Archiver, BackupOptions
 from dedupe.backends.local import LocalBackend
 from dedupe.crypto import KdfParams
-from dedupe.earlyreads import EarlyReads, walk_order
+from dedupe.earlyreads import Admission, EarlyReads, walk_order
 from dedupe.errors import Interrupted
+from dedupe.exclusions import Exclusions
 from dedupe.filesaver import WHOLE_FILE_MAX, FileContent, FileSaver
 from dedupe.filters import PatternList
 from dedupe.repository import Repository
@@ -311,7 +312,7 @@ def test_initial_backup_reads_large_files_early_and_stores_the_same_snapshot(
     assert sorted(lane_reads) == sorted(os.fsencode(p) for p in bigs)
     lane_reads.clear()
     monkeypatch.undo()
-    monkeypatch.setattr(Archiver, "_early_admit", lambda self, path: None)  # no early reads
+    monkeypatch.setattr(Admission, "__call__", lambda self, path: None)  # no early reads
     second = Archiver(repo, BackupOptions(no_parent=True)).backup([str(src)]).snapshot
     assert lane_reads == []
     src_node = lambda snap: next(n for p, n in walk(repo, snap.tree)  # noqa: E731
@@ -336,13 +337,14 @@ def test_the_lane_reads_nothing_the_walker_would_not(tmp_path, repo, lane_reads,
                          exclude_if_present=[(b".nobackup", None)],
                          exclude_larger_than=2 * BIG)
     # The rule itself, for every file (the lane may be closed before it gets to some):
-    judge = Archiver(repo, opts)
-    judge._sources = [os.fsencode(src)]
+    rules = Exclusions(opts.excludes, larger_than=opts.exclude_larger_than,
+                       if_present=opts.exclude_if_present)
+    judge = Admission(rules, [os.fsencode(src)])
     admitted = {p for d, _, fs in os.walk(os.fsencode(src)) for f in fs
-                if judge._early_admit(p := os.path.join(d, f)) is not None}
+                if judge(p := os.path.join(d, f)) is not None}
     assert admitted == {os.fsencode(p) for p in wanted}
-    judge._sources = [os.fsencode(src / "keep" / "deeper")]
-    assert judge._early_admit(os.fsencode(wanted[0])) is None  # not below a source
+    judge = Admission(rules, [os.fsencode(src / "keep" / "deeper")])
+    assert judge(os.fsencode(wanted[0])) is None  # not below a source
     # ... and in a backup:
     walker_waits_for_the_lane(monkeypatch, lane_reads, wanted)
     snap = Archiver(repo, opts).backup([str(src)]).snapshot
