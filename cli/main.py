@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib
+import os
 import signal
 import sys
+import threading
 import traceback
 
 import click
@@ -141,4 +144,28 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"snap: internal error: {type(exc).__name__}: {exc} (run with -vv for details)",
                    err=True)
         code = EXIT_ERROR
-    sys.exit(code)
+    _exit(code)
+
+
+def _exit(code: int) -> None:
+    """End the process as ``sys.exit`` would, but without the interpreter's teardown.
+
+    By now the command has written (and synced) everything it writes. What the teardown adds
+    is freeing every object, module and mapping, which the kernel does anyway when the process
+    ends: 40-60 ms of a 0.4 s unchanged re-backup. The rest of ``sys.exit``'s work is done
+    here: ``atexit`` handlers run (``weakref.finalize`` clean-ups among them) and the standard
+    streams are flushed. If a thread that is not a daemon is still alive (none is, after any
+    command of ours), the interpreter winds it down as usual: it knows, for instance, to stop
+    an executor's idle workers before it joins them."""
+    main_thread = threading.main_thread()
+    run_exitfuncs = getattr(atexit, "_run_exitfuncs", None)
+    if run_exitfuncs is None or any(t is not main_thread and not t.daemon and t.is_alive()
+                                    for t in threading.enumerate()):
+        sys.exit(code)
+    run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`snap ls | head`), a closed stream
+            pass
+    os._exit(code)

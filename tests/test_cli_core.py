@@ -371,6 +371,33 @@ def test_exit_codes_are_documented_in_the_readme():
         assert f"| {code} " in readme or f"`{code}`" in readme, code
 
 
+# The end of the process: cli.main._exit skips the interpreter's teardown, not sys.exit's work.
+_ENDING = """
+import atexit, sys, tempfile, threading, time
+from cli.main import _exit
+keep = tempfile.TemporaryDirectory()  # (removed by its weakref.finalize, at exit)
+print(keep.name)
+atexit.register(lambda: sys.stdout.write(" atexit"))
+if sys.argv[1] == "thread":  # still running at the end: the interpreter's own way then
+    threading.Thread(target=lambda: (time.sleep(0.3), sys.stdout.write(" thread"))).start()
+sys.stdout.write("main")  # stdout is a pipe, block buffered: only a flush writes these out
+_exit(7)
+"""
+
+
+@pytest.mark.parametrize("case, output", [("plain", "main atexit"),
+                                          ("thread", "main thread atexit")])
+def test_the_quick_exit_keeps_what_sys_exit_does(case, output):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.run([sys.executable, "-c", _ENDING, case], capture_output=True,
+                          text=True, env={**env, "PYTHONPATH": ROOT}, timeout=60)
+    assert proc.returncode == 7
+    name, rest = proc.stdout.split("\n")
+    assert rest == output  # (the thread waited for), atexit run, then the buffer flushed
+    assert not os.path.exists(name)  # the temporary directory's clean-up ran
+    assert proc.stderr == ""
+
+
 # ----------------------------------------------------------------------------- on a terminal
 
 
