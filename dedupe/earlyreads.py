@@ -63,10 +63,12 @@ def on_lane() -> bool:
 
 
 class Admission:
-    """``admit`` for a backup of ``sources`` (absolute, as bytes) under ``exclusions``: the
-    stat of a reported file if the walker will read it, and find it large: a regular file
-    with one link, larger than WHOLE_FILE_MAX, below a source, and neither it nor a
-    directory between them excluded. For the lane's thread (it remembers directories)."""
+    """``admit`` for a backup of ``sources`` (absolute, as bytes) under ``exclusions``.
+
+    Called with a path the stat-ahead helper reported, it returns the file's stat if the
+    walker will read the file and find it large: a regular file with one link, larger than
+    WHOLE_FILE_MAX, below a source, and neither it nor a directory between them excluded.
+    Else None. For one thread (the lane's): it remembers the directories it has judged."""
 
     def __init__(self, exclusions: Exclusions, sources: list[bytes]) -> None:
         self.exclusions = exclusions
