@@ -1,14 +1,20 @@
-"""snap find: search snapshots for paths matching patterns."""
+"""snap find: search snapshots for paths matching patterns, or for the paths that use given
+blobs, trees or packs (``--blob``, ``--tree``, ``--pack``: troubleshooting, as with restic)."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from datetime import datetime
 
 import click
 
+from dedupe.affected import object_users, objects_by_id
 from dedupe.browse import find_in_tree
 from dedupe.filters import PatternList
+from dedupe.packs import BLOB_DATA
+from dedupe.walker import load_tree
 
 from .app import App, UsageError, pass_app
 from .nodeview import emit, long_line, match_json, snapshot_time
@@ -30,6 +36,9 @@ def _parse_time(text: str | None, flag: str) -> int | None:
     raise UsageError(f"{flag}: cannot parse time {text!r} (use YYYY-MM-DD [HH:MM[:SS]])")
 
 
+_ID = re.compile(r"[0-9a-f]{8,64}")
+
+
 @click.command("find")
 @click.argument("patterns", nargs=-1, required=True, metavar="PATTERN...")
 @click.option("-s", "--snapshot", "snapshot_ids", multiple=True, metavar="ID",
@@ -40,16 +49,38 @@ def _parse_time(text: str | None, flag: str) -> int | None:
 @click.option("-O", "--oldest", metavar="TIME", help="Only entries modified at or after TIME.")
 @click.option("-N", "--newest", metavar="TIME", help="Only entries modified at or before TIME.")
 @click.option("-R", "--reverse", is_flag=True, help="Oldest snapshot first (default: newest).")
+@click.option("--blob", is_flag=True,
+              help="PATTERNs are data blob IDs (8 to 64 hex digits): the files holding them.")
+@click.option("--tree", is_flag=True,
+              help="PATTERNs are tree IDs: the directories whose contents they are.")
+@click.option("--pack", is_flag=True,
+              help="PATTERNs are pack IDs: what uses the blobs those packs hold.")
+@click.option("--show-pack-id", is_flag=True,
+              help="With --blob, --tree or --pack: the pack holding each object.")
 @filter_options
 @pass_app
 def command(app: App, patterns, snapshot_ids, ignore_case, long_, human_readable, oldest,
-            newest, reverse, hosts, tags, paths) -> None:
+            newest, reverse, blob, tree, pack, show_pack_id, hosts, tags, paths) -> None:
     """Find files and directories whose path matches PATTERN (restic's rules: a glob
     matched against the whole path at any depth unless it starts with '/'; a matching
     directory matches everything below it).
 
+    With --blob, --tree or --pack, the PATTERNs are IDs (or their first 8 or more hex
+    digits), and every snapshot that uses the objects is listed with the paths using them.
+
     With --json: a JSON array of {"matches": [...], "hits": N, "snapshot": ID}.
     """
+    kinds = [k for k, on in (("blob", blob), ("tree", tree), ("pack", pack)) if on]
+    if len(kinds) > 1:
+        raise UsageError("--blob, --tree and --pack exclude one another")
+    if kinds:
+        if ignore_case or long_ or oldest or newest:
+            raise UsageError("--ignore-case, --long, --oldest and --newest apply to path "
+                             "patterns, not to IDs")
+        return _find_ids(app, kinds[0], patterns, snapshot_ids, reverse, show_pack_id,
+                         make_filter(hosts, tags, paths))
+    if show_pack_id:
+        raise UsageError("--show-pack-id needs --blob, --tree or --pack")
     try:
         matcher = PatternList(list(patterns), case_insensitive=ignore_case, negation=False)
     except ValueError as exc:
@@ -84,5 +115,55 @@ def command(app: App, patterns, snapshot_ids, ignore_case, long_, human_readable
             hits += 1
         if app.json and hits:
             emit(f'],"hits":{hits},"snapshot":{json.dumps(snap.id)}}}')
+    if app.json:
+        emit("]")
+
+
+def _find_ids(app: App, kind: str, patterns, snapshot_ids, reverse: bool, show_pack_id: bool,
+              snapshot_filter) -> None:
+    """``find --blob/--tree/--pack``: each snapshot using the objects, with its paths."""
+    prefixes = [p.lower() for p in patterns]
+    bad = next((p for p in prefixes if not _ID.fullmatch(p)), None)
+    if bad is not None:
+        raise UsageError(f"{bad!r} is not an ID (8 to 64 hex digits)")
+    repo = app.open_repo()
+    wanted, unknown = objects_by_id(repo.index, prefixes, kind)
+    for p in unknown:
+        app.warn(f"no {kind} {p} in the index")
+    snaps = select_snapshots(repo, snapshot_ids, snapshot_filter)
+    snaps.sort(key=lambda s: (s.time, s.id), reverse=not reverse)
+
+    def end_group() -> None:
+        if app.json and current is not None:
+            emit(f'],"hits":{hits},"snapshot":{json.dumps(current)}}}')
+
+    if app.json:
+        emit("[")  # one array, streamed, as for path patterns
+    current, hits = None, 0
+    for snap, path, blob_type, blob_id in object_users(snaps, wanted,
+                                                       lambda t: load_tree(repo, t)):
+        if snap.id != current:
+            end_group()
+            if app.json:
+                emit(("" if current is None else ",") + '{"matches":[')
+            elif not app.quiet:
+                if current is not None:
+                    emit("")
+                emit(f"Found objects in snapshot {snap.short_id} from {snapshot_time(snap)}")
+            current, hits = snap.id, 0
+        what = "blob" if blob_type == BLOB_DATA else "tree"
+        packs = [p.hex() for p in wanted[(blob_type, blob_id)]]
+        if app.json:
+            match = {"path": os.fsdecode(path), "object_type": what, "id": blob_id.hex()}
+            if show_pack_id:
+                match["packs"] = packs
+            emit(("," if hits else "") + json.dumps(match))
+        else:
+            line = path + f"  {what} {blob_id.hex()}".encode()
+            if show_pack_id:
+                line += f"  pack {','.join(packs)}".encode()
+            emit(line)
+        hits += 1
+    end_group()
     if app.json:
         emit("]")

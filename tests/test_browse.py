@@ -39,6 +39,7 @@ from dedupe.errors import PermissionDenied
 from dedupe.packs import BLOB_TREE
 from dedupe.repository import Repository
 from dedupe.tags import change_tags
+from dedupe.tree import Node
 from dedupe.walker import find_node, walk
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -316,6 +317,80 @@ def test_find_json_groups_by_snapshot(browse):
                 assert (m["size"], m["inode"], iso_to_ns(m["mtime"])) == \
                     (st.st_size, st.st_ino, st.st_mtime_ns)
     assert json.loads(nothing.stdout) == []
+
+
+def _objects(browse) -> tuple[Repository, dict[str, dict[bytes, Node]]]:
+    """The repository, and each snapshot's nodes by path, read by the engine's own walk."""
+    repo = Repository.open(open_backend(browse.url), PASSWORD, cache_root=str(browse.cache))
+    nodes = {}
+    for snap_id in (browse.first, browse.second):
+        tree = repo.load_snapshot(snap_id).tree
+        nodes[snap_id] = {path: node for path, node in walk(repo, tree)}
+    return repo, nodes
+
+
+def _found(proc) -> list[tuple[str, list[tuple[bytes, str, str]]]]:
+    """``find --json`` with IDs: [(snapshot, [(path, object type, id)])]."""
+    return [(g["snapshot"], [(os.fsencode(m["path"]), m["object_type"], m["id"])
+                             for m in g["matches"]]) for g in json.loads(proc.stdout)]
+
+
+def test_find_blob_and_tree_ids_in_every_snapshot_that_uses_them(browse):
+    repo, nodes = _objects(browse)
+    repo.close()
+    big = nodes[browse.first][browse.p("data/big.bin")]["content"][1]  # (in both snapshots)
+    docs = nodes[browse.first][browse.p("docs")]["subtree"]  # (changed in the second)
+    app = nodes[browse.first][browse.p("etc/app")]["subtree"]  # (the same in both)
+    assert nodes[browse.second][browse.p("etc/app")]["subtree"] == app
+    blob, trees, text = in_parallel(
+        browse.run, ("--json", "find", "--blob", big.hex()[:10].upper()),
+        ("--json", "find", "--tree", docs.hex(), app.hex()[:8]),
+        ("find", "--blob", big.hex()[:12]))
+    assert _found(blob) == [(s, [(browse.p("data/big.bin"), "blob", big.hex())])
+                            for s in (browse.second, browse.first)]  # newest first
+    assert _found(trees) == [
+        (browse.second, [(browse.p("etc/app"), "tree", app.hex())]),
+        (browse.first, [(browse.p("docs"), "tree", docs.hex()),
+                        (browse.p("etc/app"), "tree", app.hex())])]
+    out = lines(text)
+    assert out[0].startswith(f"Found objects in snapshot {browse.second[:8]} from ".encode())
+    assert out[1] == browse.p("data/big.bin") + f"  blob {big.hex()}".encode()
+
+
+def test_find_pack_lists_every_use_of_the_packs_blobs(browse):
+    repo, nodes = _objects(browse)
+    new = nodes[browse.second][browse.p("data/new.bin")]["content"][0]
+    docs = nodes[browse.first][browse.p("docs")]["subtree"]
+    packs = [repo.index.lookup(new).pack_id, repo.index.lookup(docs).pack_id]  # data, trees
+    roots = {s: repo.load_snapshot(s).tree for s in (browse.first, browse.second)}
+    held = {p: {(loc.type, b) for b, loc in repo.index.iter_blobs() if loc.pack_id == p}
+            for p in packs}
+    repo.close()
+    runs = in_parallel(browse.run, *[("--json", "find", "--pack", p.hex()[:16]) for p in packs],
+                       ("--json", "find", "--pack", packs[0].hex(), "--show-pack-id"))
+    for pack, found in zip(packs, runs):
+        expected = []  # what walking every snapshot finds, independently of find's pruning
+        for snap_id in (browse.second, browse.first):
+            uses = [(b"/", "tree", roots[snap_id].hex())] \
+                if (BLOB_TREE, roots[snap_id]) in held[pack] else []
+            for path, node in nodes[snap_id].items():
+                if node["type"] == "dir" and (BLOB_TREE, node["subtree"]) in held[pack]:
+                    uses.append((path, "tree", node["subtree"].hex()))
+                for b in dict.fromkeys(c for c in node.get("content") or ()
+                                       if isinstance(c, bytes)):
+                    if (0, b) in held[pack]:
+                        uses.append((path, "blob", b.hex()))
+            if uses:
+                expected.append((snap_id, uses))
+        assert expected and _found(found) == expected
+    assert {p for g in json.loads(runs[2].stdout) for m in g["matches"] for p in m["packs"]} \
+        == {packs[0].hex()}
+
+
+def test_find_warns_of_ids_the_index_does_not_hold(browse):
+    proc = browse.run("find", "--blob", "00000000deadbeef")
+    assert proc.stdout == b""
+    assert proc.stderr.decode().strip() == "warning: no blob 00000000deadbeef in the index"
 
 
 # ------------------------------------------------------------------------------ diff
@@ -685,6 +760,9 @@ def test_bad_input_is_one_line_and_exit_1(browse, tag_repo):
         ("dump", "--archive", "rar", "latest", "/"),  # bad flag value
         ("diff", "latest"),  # missing argument
         ("find", "[unclosed"),  # malformed pattern
+        ("find", "--blob", "0123abc"),  # an ID shorter than 8 digits
+        ("find", "--tree", "--pack", "01234567"),  # two kinds of ID
+        ("find", "--show-pack-id", "*.conf"),  # pack ids of path patterns
         ("cat", "blob", "zz"),  # malformed id
         ("cat", "blob", "00" * 32),  # unknown blob
         ("cat", "index", "0123456789abcdef"),  # unknown object
