@@ -108,6 +108,10 @@ def _summary(app: App, r: CheckResult) -> None:
         app.info(f"verification state saved as {r.state_object}")
 
 
+# Findings about a pack that is there but damaged: 'repair packs' salvages what is intact.
+_DAMAGED_PACK = {"pack_name", "pack_header", "blob_damaged", "pack_size"}
+
+
 @click.command("check")
 @click.option("--read-data", is_flag=True,
               help="Download every pack and verify its name, header and every blob.")
@@ -150,4 +154,9 @@ def command(app: App, read_data, subset, no_lock, workers) -> int:
         return 0
     app.err.print(f"{len(result.errors)} errors were found: the repository is damaged",
                   markup=False, soft_wrap=True)
+    damaged = sorted({f.object.rsplit("/", 1)[1] for f in result.errors
+                      if f.kind in _DAMAGED_PACK and f.object})
+    if damaged:
+        app.err.print("to keep what is intact in the damaged packs and drop the rest: snap "
+                      "repair packs " + " ".join(damaged), markup=False, soft_wrap=True)
     return EXIT_ERROR

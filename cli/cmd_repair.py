@@ -1,14 +1,17 @@
-"""snap repair index | snapshots: recover from lost index files, packs or blobs."""
+"""snap repair index | packs | snapshots: recover from lost index files, damaged packs, lost
+blobs."""
 
 from __future__ import annotations
 
+import re
 import sys
 
 import click
 
 from dedupe.repair import SnapshotRepair, repair_index, repair_snapshots
+from dedupe.repairpacks import repair_packs, resolve_packs
 
-from .app import App, pass_app
+from .app import App, UsageError, pass_app
 from .progress import LiveLine
 from .selection import filter_options, make_filter, select_snapshots
 
@@ -90,3 +93,35 @@ def snapshots_command(app: App, snapshot_ids, forget, dry_run, hosts, tags, path
         app.info(f"{'would modify' if dry_run else 'modified'} {repaired} snapshots")
     else:
         app.info("no snapshots were modified" if not dry_run else "no snapshots would be modified")
+
+
+@command.command("packs")
+@click.argument("pack_ids", nargs=-1, required=True, metavar="PACK...")
+@pass_app
+def packs_command(app: App, pack_ids) -> None:
+    """Salvage the intact blobs of damaged packs into new packs, then delete the packs.
+
+    PACK is a pack ID or a unique prefix of it (as 'snap check --read-data' names them).
+    Blobs that cannot be salvaged are lost: run 'snap repair snapshots' afterwards (after a
+    new backup, if the files still exist, so that it stores them again). Needs exclusive
+    access to the repository."""
+    bad = next((p for p in pack_ids if not re.fullmatch(r"[0-9a-fA-F]{4,64}", p)), None)
+    if bad is not None:
+        raise UsageError(f"{bad!r} is not a pack ID (4 to 64 hex digits)")
+    repo = app.open_repo()
+    packs = resolve_packs(repo, list(pack_ids))
+    result = repair_packs(repo, packs, progress=lambda name: app.verbose_info(f"reading {name}"))
+    for w in result.warnings:
+        app.warn(w)
+    if result.lost:
+        app.warn(f"{result.lost} blobs are lost: run 'snap repair snapshots' (after a new "
+                 "backup, if the files still exist)")
+    if app.json:
+        app.emit_json(result.to_json())
+        return
+    for p in result.packs:
+        app.info(f"{p.pack}: {p.salvaged} blobs salvaged, {len(p.lost)} lost, "
+                 f"{p.copies} also stored elsewhere" + (f" ({p.note})" if p.note else ""))
+        for blob_type, blob_id in p.lost:
+            app.verbose_info(f"  lost {'tree' if blob_type else 'data'} blob {blob_id.hex()}")
+    app.info(f"removed {len(result.packs)} packs from the index and the repository")

@@ -232,7 +232,8 @@ class Pruner:
             # (6) superseding index without the packs about to go
             # Every pack the index knows now (repack's new packs included) but the doomed.
             keep = set(repo.index.packs()) - gone
-            self._write_full_index(keep, supersedes=index_ids | set(repack_index_ids))
+            res.index_files_written += write_full_index(
+                repo, keep, supersedes=index_ids | set(repack_index_ids))
             # (7) delete packs
             for p in gone:
                 self._delete(pack_name(p.hex()))
@@ -269,17 +270,19 @@ class Pruner:
             saver.flush()
             return list(saver.index_files)
 
-    def _write_full_index(self, keep: set[bytes], supersedes: set[str]) -> None:
-        """Write index files for every kept pack; only the last names what it supersedes."""
-        entries: dict[bytes, list[BlobEntry]] = defaultdict(list)
-        for bid, loc in self.repo.index.iter_blobs():
-            if loc.pack_id in keep:
-                entries[loc.pack_id].append(loc.entry(bid))
-        # Records in pack order: an index entry is then a byte copy of the pack header.
-        packs = sorted((pid, sorted(es, key=lambda e: e.offset)) for pid, es in entries.items())
-        chunks = [packs[i:i + INDEX_FILE_PACKS] for i in range(0, len(packs), INDEX_FILE_PACKS)] or [[]]
-        for i, chunk in enumerate(chunks):
-            last = i == len(chunks) - 1
-            self.repo.write_index(chunk, supersedes=[bytes.fromhex(s) for s in supersedes] if last else ())
-            self.result.index_files_written += 1
 
+def write_full_index(repo, keep: set[bytes], supersedes: set[str]) -> int:
+    """Write index files for every kept pack, the last of them naming what it supersedes
+    (the old files stay valid until every new one exists); returns how many were written.
+    Prune writes one without the packs it deletes, and so does ``repair packs``."""
+    entries: dict[bytes, list[BlobEntry]] = defaultdict(list)
+    for bid, loc in repo.index.iter_blobs():
+        if loc.pack_id in keep:
+            entries[loc.pack_id].append(loc.entry(bid))
+    # Records in pack order: an index entry is then a byte copy of the pack header.
+    packs = sorted((pid, sorted(es, key=lambda e: e.offset)) for pid, es in entries.items())
+    chunks = [packs[i:i + INDEX_FILE_PACKS] for i in range(0, len(packs), INDEX_FILE_PACKS)] or [[]]
+    for i, chunk in enumerate(chunks):
+        last = i == len(chunks) - 1
+        repo.write_index(chunk, supersedes=[bytes.fromhex(s) for s in supersedes] if last else ())
+    return len(chunks)
