@@ -114,8 +114,9 @@ def packs_command(app: App, pack_ids) -> None:
     for w in result.warnings:
         app.warn(w)
     if result.lost:
-        app.warn(f"{result.lost} blobs are lost: run 'snap repair snapshots' (after a new "
-                 "backup, if the files still exist)")
+        lost = "1 blob is" if result.lost == 1 else f"{result.lost} blobs are"
+        app.warn(f"{lost} lost: run 'snap repair snapshots' (after a new backup, if the files "
+                 "still exist)")
     if app.json:
         app.emit_json(result.to_json())
         return
@@ -124,4 +125,5 @@ def packs_command(app: App, pack_ids) -> None:
                  f"{p.copies} also stored elsewhere" + (f" ({p.note})" if p.note else ""))
         for blob_type, blob_id in p.lost:
             app.verbose_info(f"  lost {'tree' if blob_type else 'data'} blob {blob_id.hex()}")
-    app.info(f"removed {len(result.packs)} packs from the index and the repository")
+    n = len(result.packs)
+    app.info(f"removed {n} pack{'s' if n != 1 else ''} from the index and the repository")
