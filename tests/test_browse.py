@@ -270,6 +270,27 @@ def test_ls_json_nodes(browse):
     assert nodes[0]["type"] == "dir" and nodes[1]["name"] == "big.bin"
 
 
+def test_ls_sort_orders_by_the_field_the_filesystem_reports(browse):
+    plain, by_size, by_ext, by_name_reversed = in_parallel(
+        browse.run, ("--json", "ls", "latest"), ("--json", "ls", "latest", "--sort", "size",
+                                                  "--reverse"),
+        ("ls", "latest", "--sort", "extension"), ("ls", "latest", "--reverse"))
+    tree_order = [n["path"] for n in json_lines(plain)[1:]]
+    head, nodes = json_lines(by_size)[0], json_lines(by_size)[1:]
+    assert head["struct_type"] == "snapshot"
+    assert sorted(n["path"] for n in nodes) == sorted(tree_order)
+    sizes = [os.lstat(n["path"]).st_size if n["type"] == "file" else n["size"] for n in nodes]
+    assert sizes == sorted(sizes, reverse=True)
+    assert nodes[0]["path"] == os.fsdecode(browse.p("data/sparse.img"))  # 3 MiB, apparent
+    # equal keys keep the tree order (reversed with the rest)
+    zero = [n["path"] for n in nodes if n["size"] == 0]
+    assert zero == [p for p in reversed(tree_order) if p in set(zero)]
+    listed = lines(by_ext)[1:]
+    exts = [os.path.splitext(os.path.basename(p))[1] for p in listed]
+    assert exts == sorted(exts) and sorted(listed) == sorted(os.fsencode(p) for p in tree_order)
+    assert lines(by_name_reversed)[1:] == [os.fsencode(p) for p in reversed(tree_order)]
+
+
 # ------------------------------------------------------------------------------ find
 
 
