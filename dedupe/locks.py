@@ -88,11 +88,14 @@ def write_lock(repo, info: LockInfo) -> str:
     return info.id
 
 
-def list_locks(repo) -> list[LockInfo]:
-    """Every lock and marker; unreadable objects are skipped (they may be mid-deletion)."""
+def list_locks(repo, skip: str = "") -> list[LockInfo]:
+    """Every lock and marker but the one named ``skip`` (ours: not read back, one request
+    less per locking command); unreadable objects are skipped (they may be mid-deletion)."""
     out = []
     for obj in repo.backend.list("locks"):
         lid = obj.name.split("/", 1)[1]
+        if lid == skip:
+            continue
         try:
             d = msgpack.unpackb(repo.key.open(repo.backend.get(obj.name), AAD_LOCK, obj.name))
             out.append(LockInfo(lid, d["kind"], d["hostname"], d["pid"], d.get("username", ""),
@@ -174,7 +177,7 @@ class Lock:
         (else it would block prunes until it goes stale)."""
         write_lock(self.repo, self.info)
         try:
-            return [lk for lk in list_locks(self.repo) if lk.id != self.info.id]
+            return list_locks(self.repo, skip=self.info.id)
         except BaseException:
             with contextlib.suppress(Exception):
                 remove_lock(self.repo, self.info.id)

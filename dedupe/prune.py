@@ -178,7 +178,7 @@ class Pruner:
     def _execute(self, lock: Lock | None, immediate: bool) -> None:
         repo, res, dry = self.repo, self.result, self.opts.dry_run
         # (1) locks and markers, before the snapshot listing (see module docstring)
-        locks = [lk for lk in list_locks(repo) if lock is None or lk.id != lock.info.id]
+        locks = list_locks(repo, skip=lock.info.id if lock is not None else "")
         markers = [lk for lk in locks if lk.kind == MARKER]
         live = [lk for lk in locks if lk.kind != MARKER and not lk.stale()]
         ripe = markers if immediate else [m for m in markers

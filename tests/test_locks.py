@@ -100,3 +100,17 @@ def test_failed_exclusive_attempt_removes_its_lock(repo):
     with pytest.raises(BackendError):
         lock.try_exclusive()
     assert lock_objects(repo) == []
+
+
+def test_taking_a_lock_does_not_read_our_own_lock_back(repo, monkeypatch):
+    other = Lock(repo, SHARED, "backup")
+    other.acquire_shared()
+    reads = []
+    real_get = LocalBackend.get
+    monkeypatch.setattr(LocalBackend, "get", lambda self, name, *a: (reads.append(name),
+                                                                     real_get(self, name, *a))[1])
+    lock = Lock(repo, SHARED, "backup")
+    lock.acquire_shared()
+    assert reads == [f"locks/{other.info.id}"]  # the other lock only: ours is known
+    lock.release()
+    other.release()
