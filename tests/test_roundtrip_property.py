@@ -237,26 +237,26 @@ def capture(top: bytes) -> tuple[dict, dict]:
 
     scan(top, b"")  # every lstat first: nothing below changes an atime before it is seen
     state, blocks = {}, {}
-    for rel, st in stats.items():
+    for rel, info in stats.items():
         path = os.path.join(top, rel) if rel else top
-        kind = stat.S_IFMT(st.st_mode)
-        entry = {"type": kind, "uid": st.st_uid, "gid": st.st_gid, "mtime": st.st_mtime_ns}
+        kind = stat.S_IFMT(info.st_mode)
+        entry = {"type": kind, "uid": info.st_uid, "gid": info.st_gid, "mtime": info.st_mtime_ns}
         if kind != stat.S_IFDIR:
-            entry["atime"] = st.st_atime_ns
+            entry["atime"] = info.st_atime_ns
         if kind == stat.S_IFLNK:
             entry["target"] = os.readlink(path)
-            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+            os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
         else:
-            entry["mode"] = stat.S_IMODE(st.st_mode)
+            entry["mode"] = stat.S_IMODE(info.st_mode)
             entry["xattrs"] = {n: os.getxattr(path, n, follow_symlinks=False)
                                for n in os.listxattr(path, follow_symlinks=False)}
         if kind == stat.S_IFREG:
             data = _read(path)
-            entry.update(size=st.st_size, nlink=st.st_nlink, sha=hashlib.sha256(data).hexdigest())
-            assert len(data) == st.st_size
-            blocks[rel] = st.st_blocks
+            entry.update(size=info.st_size, nlink=info.st_nlink, sha=hashlib.sha256(data).hexdigest())
+            assert len(data) == info.st_size
+            blocks[rel] = info.st_blocks
         if kind in (stat.S_IFCHR, stat.S_IFBLK):
-            entry["rdev"] = st.st_rdev
+            entry["rdev"] = info.st_rdev
         state[rel] = entry
     return state, blocks
 
