@@ -7,13 +7,15 @@ import json
 import os
 import re
 from datetime import datetime
+from typing import Any, Callable, Iterable
 
 import click
 
 from dedupe.affected import object_users, objects_by_id
 from dedupe.browse import find_in_tree
 from dedupe.filters import PatternList
-from dedupe.packs import BLOB_DATA
+from dedupe.packs import BLOB_DATA, BLOB_TREE
+from dedupe.snapshot import Snapshot
 from dedupe.walker import load_tree
 
 from .app import App, UsageError, pass_app
@@ -37,6 +39,7 @@ def _parse_time(text: str | None, flag: str) -> int | None:
 
 
 _ID = re.compile(r"[0-9a-f]{8,64}")
+_KIND = {BLOB_DATA: "blob", BLOB_TREE: "tree"}
 
 
 @click.command("find")
@@ -92,29 +95,41 @@ def command(app: App, patterns, snapshot_ids, ignore_case, long_, human_readable
     snaps = select_snapshots(repo, snapshot_ids, make_filter(hosts, tags, paths))
     snaps.sort(key=lambda s: (s.time, s.id), reverse=not reverse)
 
-    first_group = True
+    hits = ((snap, found) for snap in snaps
+            for found in find_in_tree(repo, snap.tree, matcher, oldest_ns=oldest_ns,
+                                      newest_ns=newest_ns))
+    _stream(app, hits, "Found matching entries", lambda found: match_json(*found),
+            lambda found: long_line(*found, human_readable) if long_ else found[0])
+
+
+def _stream(app: App, hits: Iterable[tuple[Snapshot, Any]], heading: str,
+            as_json: Callable[[Any], dict], as_text: Callable[[Any], str | bytes]) -> None:
+    """Print ``hits`` (in snapshot order) grouped by snapshot: under a heading per snapshot
+    for people, or as one JSON array of {"matches": [...], "hits": N, "snapshot": ID},
+    streamed (results can be large). Snapshots without hits are not mentioned."""
+    def end_group() -> None:
+        if app.json and current is not None:
+            emit(f'],"hits":{count},"snapshot":{json.dumps(current.id)}}}')
+
     if app.json:
-        emit("[")  # one array, streamed: results can be large
-    for snap in snaps:
-        hits = 0
-        for path, node in find_in_tree(repo, snap.tree, matcher, oldest_ns=oldest_ns,
-                                       newest_ns=newest_ns):
+        emit("[")
+    current, count = None, 0
+    for snap, item in hits:
+        if current is None or snap.id != current.id:
+            end_group()
             if app.json:
-                if hits == 0:
-                    emit(("" if first_group else ",") + '{"matches":[')
-                    first_group = False
-                emit(("," if hits else "") + json.dumps(match_json(path, node)))
-            else:
-                if hits == 0 and not app.quiet:
-                    if not first_group:
-                        emit("")
-                    emit(f"Found matching entries in snapshot {snap.short_id} from "
-                         f"{snapshot_time(snap)}")
-                    first_group = False
-                emit(long_line(path, node, human_readable) if long_ else path)
-            hits += 1
-        if app.json and hits:
-            emit(f'],"hits":{hits},"snapshot":{json.dumps(snap.id)}}}')
+                emit(("" if current is None else ",") + '{"matches":[')
+            elif not app.quiet:
+                if current is not None:
+                    emit("")
+                emit(f"{heading} in snapshot {snap.short_id} from {snapshot_time(snap)}")
+            current, count = snap, 0
+        if app.json:
+            emit(("," if count else "") + json.dumps(as_json(item)))
+        else:
+            emit(as_text(item))
+        count += 1
+    end_group()
     if app.json:
         emit("]")
 
@@ -133,37 +148,19 @@ def _find_ids(app: App, kind: str, patterns, snapshot_ids, reverse: bool, show_p
     snaps = select_snapshots(repo, snapshot_ids, snapshot_filter)
     snaps.sort(key=lambda s: (s.time, s.id), reverse=not reverse)
 
-    def end_group() -> None:
-        if app.json and current is not None:
-            emit(f'],"hits":{hits},"snapshot":{json.dumps(current)}}}')
+    def as_json(use) -> dict:
+        _, path, blob_type, blob_id = use
+        match = {"path": os.fsdecode(path), "object_type": _KIND[blob_type], "id": blob_id.hex()}
+        if show_pack_id:
+            match["packs"] = [p.hex() for p in wanted[(blob_type, blob_id)]]
+        return match
 
-    if app.json:
-        emit("[")  # one array, streamed, as for path patterns
-    current, hits = None, 0
-    for snap, path, blob_type, blob_id in object_users(snaps, wanted,
-                                                       lambda t: load_tree(repo, t)):
-        if snap.id != current:
-            end_group()
-            if app.json:
-                emit(("" if current is None else ",") + '{"matches":[')
-            elif not app.quiet:
-                if current is not None:
-                    emit("")
-                emit(f"Found objects in snapshot {snap.short_id} from {snapshot_time(snap)}")
-            current, hits = snap.id, 0
-        what = "blob" if blob_type == BLOB_DATA else "tree"
-        packs = [p.hex() for p in wanted[(blob_type, blob_id)]]
-        if app.json:
-            match = {"path": os.fsdecode(path), "object_type": what, "id": blob_id.hex()}
-            if show_pack_id:
-                match["packs"] = packs
-            emit(("," if hits else "") + json.dumps(match))
-        else:
-            line = path + f"  {what} {blob_id.hex()}".encode()
-            if show_pack_id:
-                line += f"  pack {','.join(packs)}".encode()
-            emit(line)
-        hits += 1
-    end_group()
-    if app.json:
-        emit("]")
+    def as_text(use) -> bytes:
+        _, path, blob_type, blob_id = use
+        line = path + f"  {_KIND[blob_type]} {blob_id.hex()}".encode()
+        if show_pack_id:
+            line += f"  pack {','.join(p.hex() for p in wanted[(blob_type, blob_id)])}".encode()
+        return line
+
+    uses = object_users(snaps, wanted, lambda t: load_tree(repo, t))
+    _stream(app, ((use[0], use) for use in uses), "Found objects", as_json, as_text)
