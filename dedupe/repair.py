@@ -20,8 +20,9 @@ with ``forget``. Snapshots without damage are left alone.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 from .backends.base import pack_id_from_name, pack_name
 from .checker import expected_pack_size
@@ -65,6 +66,17 @@ def _old_records(repo, names: list[str]) -> dict[bytes, bytes]:
     return out
 
 
+@contextmanager
+def exclusively(repo, command: str, lock: bool = True) -> Iterator[None]:
+    """Run the body under the exclusive lock (unless ``lock`` is false), released after."""
+    held = exclusive_lock(repo, command) if lock else None
+    try:
+        yield
+    finally:
+        if held is not None:
+            held.release()
+
+
 def exclusive_lock(repo, command: str) -> Lock:
     """Repairs rewrite what every other client relies on: they run alone."""
     lock = Lock(repo, EXCLUSIVE, command)
@@ -79,12 +91,8 @@ def exclusive_lock(repo, command: str) -> Lock:
 def repair_index(repo, *, workers: int = 8, lock: bool = True,
                  progress: Callable[[int, int], None] | None = None) -> RepairIndexResult:
     """Rebuild the index from pack headers. ``progress(done, total)`` after each pack."""
-    held = exclusive_lock(repo, "repair index") if lock else None
-    try:
+    with exclusively(repo, "repair index", lock):
         return _repair_index(repo, workers, progress)
-    finally:
-        if held is not None:
-            held.release()
 
 
 def _repair_index(repo, workers: int,
@@ -267,12 +275,8 @@ def repair_snapshots(repo, snapshots: list[Snapshot], *, forget: bool = False,
                      on_snapshot: Callable[[SnapshotRepair], None] | None = None,
                      ) -> list[SnapshotRepair]:
     """Rewrite ``snapshots`` without their lost data (see the module docstring)."""
-    held = exclusive_lock(repo, "repair snapshots") if lock and not dry_run else None
-    try:
+    with exclusively(repo, "repair snapshots", lock and not dry_run):
         return _repair_snapshots(repo, snapshots, forget, dry_run, on_snapshot)
-    finally:
-        if held is not None:
-            held.release()
 
 
 def _repair_snapshots(repo, snapshots: list[Snapshot], forget: bool, dry_run: bool,

@@ -28,7 +28,7 @@ from .backends.base import pack_id_from_name, pack_name
 from .errors import BackendError, IntegrityError, NotFound, SnapError, UnsupportedVersion
 from .packs import BLOB_TREE, BlobEntry, parse_pack
 from .prune import write_full_index
-from .repair import exclusive_lock
+from .repair import exclusively
 
 
 class PackNotFound(SnapError):
@@ -87,12 +87,8 @@ def repair_packs(repo, pack_ids: list[bytes], *, lock: bool = True,
                  progress: Callable[[str], None] | None = None) -> RepairPacksResult:
     """Salvage what is intact in ``pack_ids`` and remove the packs (see the module docstring).
     ``progress(pack name)`` as each pack is read."""
-    held = exclusive_lock(repo, "repair packs") if lock else None
-    try:
+    with exclusively(repo, "repair packs", lock):
         return _repair_packs(repo, pack_ids, progress)
-    finally:
-        if held is not None:
-            held.release()
 
 
 def _repair_packs(repo, pack_ids: list[bytes], progress) -> RepairPacksResult:
